@@ -1,0 +1,59 @@
+# driftline — `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.driftline-installed
+BIN := $(VENV)/bin
+# Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
+DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
+
+.PHONY: help setup lock lint format test test-fast generate apply materialize clean-state
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## create .venv (bootstrapping uv if needed) and install the lock; a no-op when up to date
+
+$(STAMP): requirements.lock pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+		if command -v uv >/dev/null 2>&1; then uv venv --python $(PYTHON) $(VENV); \
+		else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	@if [ ! -x $(BIN)/uv ]; then $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; fi
+	$(BIN)/uv pip sync --python $(BIN)/python --quiet requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@touch $(STAMP)
+	@echo "driftline installed in $(VENV)"
+
+lock: ## re-resolve requirements.txt into the hashed requirements.lock
+	$(BIN)/uv pip compile requirements.txt --python-version 3.11 --generate-hashes -o requirements.lock --quiet
+
+lint: setup ## ruff check (with the Airflow AIR rules) and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: setup lint ## lint, then the whole test suite (sets up everything it needs)
+	$(BIN)/pytest
+
+test-fast: setup ## unit and DAG-integrity tests only
+	$(BIN)/pytest tests/unit tests/dags
+
+generate: setup ## append DAYS (default 1) of SCENARIO (default baseline) data to the offline store
+	$(BIN)/driftline generate --scenario $${SCENARIO:-baseline} --days $${DAYS:-1}
+
+apply: setup ## register the Feast repo (feast apply); keeps materialization windows
+	$(BIN)/driftline feast apply
+
+materialize: setup ## materialize the newest day of features into the online store
+	$(BIN)/driftline materialize
+
+clean-state: ## delete the state directory (.local or $$DRIFTLINE_HOME): data, registry, models
+	@$(DRIFTLINE_ENV); echo "removing $$DRIFTLINE_HOME"; rm -rf "$$DRIFTLINE_HOME"

@@ -1,0 +1,67 @@
+"""
+### feature_materialization
+
+Loads each day of feature values from the Feast offline store (parquet day partitions,
+DuckDB) into the online store, so online scoring sees the same values training does.
+
+**Triggered by** a daily schedule at 00:00 UTC: each run covers its data interval, the UTC
+day that just ended, plus one hour of overlap before it so late rows at the boundary are
+never missed. Trigger it by hand to re-load an interval.
+
+**Tasks**: one `materialize_<feature view>` per feature view that some model spec reads.
+Each updates the asset `feast://feature_view/<view>` with the window and the row count, so
+downstream DAGs can be data-aware.
+
+**Safe to re-run**: the online store keeps one latest value per entity, so clearing a run
+writes the same values again, and an old interval never rolls the online store back. An
+interval without data succeeds and says "0 rows". A missing or unreadable day partition
+fails the task with its path.
+
+Registry sync (`driftline feast apply`, `make apply`) is a separate, explicit step; it
+keeps the materialization history.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+from driftline.assets import feature_view_uri
+from driftline.specs import feature_views_in_use
+
+
+def _materialize_task(view: str) -> Any:
+    asset = Asset(name=f"feast_{view}", uri=feature_view_uri(view))
+
+    @task(task_id=f"materialize_{view}", outlets=[asset])
+    def materialize(
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        outlet_events: Any = None,
+    ) -> dict[str, Any]:
+        from driftline.feature_store import materialize_window
+
+        (result,) = materialize_window(data_interval_start, data_interval_end, feature_views=[view])
+        outlet_events[asset].extra = result.as_dict()
+        return result.as_dict()
+
+    return materialize()
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "driftline", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["driftline", "feast"],
+    doc_md=__doc__,
+)
+def feature_materialization() -> None:
+    for view in feature_views_in_use():
+        _materialize_task(view)
+
+
+feature_materialization()

@@ -1,0 +1,148 @@
+"""Where driftline keeps its state, read from the environment when asked, never at import.
+
+Every path and URL has an embedded default under one state directory (``.local/`` in the
+repository, or ``$DRIFTLINE_HOME``). The production profile sets the URL variables instead;
+no file is edited to switch profiles. Standard variables keep the meaning their tools give
+them: ``AIRFLOW_HOME``, ``MLFLOW_TRACKING_URI``, Feast's ``FEAST_FS_YAML_FILE_PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# (variable, what it sets, embedded default) — the README's configuration table is checked
+# against this list by tests/unit/test_settings.py.
+ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
+    ("DRIFTLINE_HOME", "state directory of the embedded profile", "<repo>/.local"),
+    ("DRIFTLINE_OFFLINE_DIR", "offline store: parquet day partitions", "$DRIFTLINE_HOME/offline"),
+    ("DRIFTLINE_RUNS_DIR", "per-run artifacts (training sets, reports)", "$DRIFTLINE_HOME/runs"),
+    ("DRIFTLINE_MODELS_DIR", "model specs, one file per model", "<repo>/include/models"),
+    ("DRIFTLINE_FEAST_REPO", "Feast feature repository", "<repo>/feature_repo"),
+    (
+        "FEAST_FS_YAML_FILE_PATH",
+        "Feast config file; the production one is feature_store.production.yaml",
+        "<repo>/feature_repo/feature_store.yaml",
+    ),
+    ("DRIFTLINE_FEAST_PROJECT", "Feast project name", "driftline"),
+    (
+        "DRIFTLINE_FEAST_REGISTRY",
+        "Feast file registry (embedded)",
+        "$DRIFTLINE_HOME/feast/registry.db",
+    ),
+    (
+        "DRIFTLINE_FEAST_ONLINE_PATH",
+        "Feast SQLite online store (embedded)",
+        "$DRIFTLINE_HOME/feast/online.db",
+    ),
+    ("DRIFTLINE_FEAST_REGISTRY_URL", "Feast SQL registry URL (production)", "(unset)"),
+    ("DRIFTLINE_FEAST_REDIS", "Feast Redis online store, host:port,db=N (production)", "(unset)"),
+    ("AIRFLOW_HOME", "Airflow home (config, SQLite metadata DB, logs)", "$DRIFTLINE_HOME/airflow"),
+    (
+        "MLFLOW_TRACKING_URI",
+        "MLflow tracking and registry store",
+        "sqlite:///$DRIFTLINE_HOME/mlflow/mlflow.db",
+    ),
+    (
+        "DRIFTLINE_MLFLOW_ARTIFACTS",
+        "artifact root for experiments driftline creates",
+        "$DRIFTLINE_HOME/mlflow/artifacts",
+    ),
+    (
+        "DRIFTLINE_MONITORING_DB_URL",
+        "monitoring store (drift reports, events, audit)",
+        "sqlite:///$DRIFTLINE_HOME/monitoring.db",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations. Build with :func:`get_settings`; every field is absolute."""
+
+    home: Path
+    offline_dir: Path
+    runs_dir: Path
+    models_dir: Path
+    feast_repo: Path
+    feast_yaml: Path
+    feast_project: str
+    feast_registry: Path
+    feast_online_path: Path
+    feast_registry_url: str | None
+    feast_redis: str | None
+    airflow_home: Path
+    mlflow_tracking_uri: str
+    mlflow_artifacts: Path
+    monitoring_db_url: str
+
+    def feast_env(self) -> dict[str, str]:
+        """Variables ``feature_store.yaml`` expands (Feast runs ``os.path.expandvars`` on it)."""
+        env = {
+            "DRIFTLINE_FEAST_PROJECT": self.feast_project,
+            "DRIFTLINE_FEAST_REGISTRY": str(self.feast_registry),
+            "DRIFTLINE_FEAST_ONLINE_PATH": str(self.feast_online_path),
+            "FEAST_FS_YAML_FILE_PATH": str(self.feast_yaml),
+        }
+        if self.feast_registry_url:
+            env["DRIFTLINE_FEAST_REGISTRY_URL"] = self.feast_registry_url
+        if self.feast_redis:
+            env["DRIFTLINE_FEAST_REDIS"] = self.feast_redis
+        return env
+
+    def airflow_env(self) -> dict[str, str]:
+        """Variables an Airflow process of driftline needs (standalone, dags test, workers)."""
+        env = {
+            "DRIFTLINE_HOME": str(self.home),
+            "DRIFTLINE_OFFLINE_DIR": str(self.offline_dir),
+            "DRIFTLINE_RUNS_DIR": str(self.runs_dir),
+            "DRIFTLINE_MODELS_DIR": str(self.models_dir),
+            "DRIFTLINE_FEAST_REPO": str(self.feast_repo),
+            "DRIFTLINE_MONITORING_DB_URL": self.monitoring_db_url,
+            "DRIFTLINE_MLFLOW_ARTIFACTS": str(self.mlflow_artifacts),
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get(
+                "AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags")
+            ),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": os.environ.get(
+                "AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins")
+            ),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
+        }
+        env.update(self.feast_env())
+        return env
+
+
+def _path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def get_settings() -> Settings:
+    """Read the environment now. Cheap; call it where a location is needed, not at import."""
+    home = _path("DRIFTLINE_HOME", REPO_ROOT / ".local")
+    feast_repo = _path("DRIFTLINE_FEAST_REPO", REPO_ROOT / "feature_repo")
+    mlflow_dir = home / "mlflow"
+    return Settings(
+        home=home,
+        offline_dir=_path("DRIFTLINE_OFFLINE_DIR", home / "offline"),
+        runs_dir=_path("DRIFTLINE_RUNS_DIR", home / "runs"),
+        models_dir=_path("DRIFTLINE_MODELS_DIR", REPO_ROOT / "include" / "models"),
+        feast_repo=feast_repo,
+        feast_yaml=_path("FEAST_FS_YAML_FILE_PATH", feast_repo / "feature_store.yaml"),
+        feast_project=os.environ.get("DRIFTLINE_FEAST_PROJECT", "driftline"),
+        feast_registry=_path("DRIFTLINE_FEAST_REGISTRY", home / "feast" / "registry.db"),
+        feast_online_path=_path("DRIFTLINE_FEAST_ONLINE_PATH", home / "feast" / "online.db"),
+        feast_registry_url=os.environ.get("DRIFTLINE_FEAST_REGISTRY_URL") or None,
+        feast_redis=os.environ.get("DRIFTLINE_FEAST_REDIS") or None,
+        airflow_home=_path("AIRFLOW_HOME", home / "airflow"),
+        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+        mlflow_artifacts=_path("DRIFTLINE_MLFLOW_ARTIFACTS", mlflow_dir / "artifacts"),
+        monitoring_db_url=os.environ.get("DRIFTLINE_MONITORING_DB_URL")
+        or f"sqlite:///{home / 'monitoring.db'}",
+    )
