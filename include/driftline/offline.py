@@ -116,6 +116,17 @@ def list_days(offline_dir: Path, table: str = "transactions") -> list[date]:
     return days
 
 
+def _compatible(actual: pa.DataType, wanted: pa.DataType) -> bool:
+    """Same type, or timestamps that differ only in unit (reads cast them losslessly)."""
+    if actual == wanted:
+        return True
+    return (
+        pa.types.is_timestamp(actual)
+        and pa.types.is_timestamp(wanted)
+        and actual.tz == wanted.tz
+    )
+
+
 def check_partition(path: Path, table: str) -> pa.Schema:
     """Fail with the path when a partition is missing, unreadable, or has another schema."""
     expected = SCHEMAS[table]
@@ -131,7 +142,7 @@ def check_partition(path: Path, table: str) -> pa.Schema:
     changed = sorted(
         f"{name}: {actual[name]} (expected {wanted[name]})"
         for name in wanted
-        if name in actual and actual[name] != wanted[name]
+        if name in actual and not _compatible(actual[name], wanted[name])
     )
     extra = sorted(set(actual) - set(wanted))
     problems = []

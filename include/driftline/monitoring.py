@@ -1,0 +1,282 @@
+"""The monitoring store: what driftline decided and why, queryable after the fact.
+
+SQLAlchemy 2 Core over SQLite (embedded) or PostgreSQL (production), schema versioned with
+Alembic (``driftline/migrations``, version table ``driftline_alembic_version`` so the store
+can share a database with other tools). Audit rows are append-only; the one mutable row per
+model, ``model_state``, changes only through a guarded compare-and-set update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from driftline.errors import DriftlineError
+from driftline.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+VERSION_TABLE = "driftline_alembic_version"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = sa.MetaData()
+
+model_state = sa.Table(
+    "model_state",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("champion_version", sa.String(32), nullable=True),
+    sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(512), nullable=False, server_default=""),
+)
+
+promotion_audit = sa.Table(
+    "promotion_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("challenger_version", sa.String(32), nullable=True),
+    sa.Column("champion_before", sa.String(32), nullable=True),
+    sa.Column("champion_after", sa.String(32), nullable=True),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+)
+
+validation_results = sa.Table(
+    "validation_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("failed_checks", sa.JSON, nullable=False),
+    sa.Column("fingerprint", sa.JSON, nullable=False),
+    sa.Column("report_uri", sa.Text, nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+)
+
+_engines: dict[str, Engine] = {}
+_migrated: set[str] = set()
+_lock = threading.Lock()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def migrate(url: str) -> None:
+    """Bring the store at ``url`` to the newest schema (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    try:
+        command.upgrade(config, "head")
+    except sa.exc.OperationalError as exc:
+        raise DriftlineError(
+            f"monitoring store unreachable at {_redact(url)} (DRIFTLINE_MONITORING_DB_URL): "
+            f"{exc.orig}"
+        ) from exc
+
+
+def _redact(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def engine(url: str | None = None) -> Engine:
+    """An engine on a migrated store; the schema is brought up to date once per process."""
+    url = url or get_settings().monitoring_db_url
+    with _lock:
+        if url not in _migrated:
+            migrate(url)
+            _migrated.add(url)
+        if url not in _engines:
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30}
+            _engines[url] = sa.create_engine(url, **kwargs)
+            if url.startswith("sqlite"):
+                sa.event.listen(_engines[url], "connect", _sqlite_pragmas)
+        return _engines[url]
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def record_validation(
+    *,
+    model: str,
+    passed: bool,
+    failed_checks: list[dict[str, Any]],
+    fingerprint: dict[str, Any],
+    report_uri: str,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    url: str | None = None,
+) -> int:
+    with engine(url).begin() as conn:
+        result = conn.execute(
+            validation_results.insert().values(
+                created_at=_now(),
+                model=model,
+                passed=passed,
+                failed_checks=failed_checks,
+                fingerprint=fingerprint,
+                report_uri=report_uri,
+                dag_id=dag_id,
+                run_id=run_id,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+# --- champion state and audit ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelState:
+    model: str
+    champion_version: str | None
+    generation: int
+
+
+def read_state(model: str, url: str | None = None) -> ModelState:
+    with engine(url).connect() as conn:
+        row = conn.execute(
+            sa.select(model_state).where(model_state.c.model == model)
+        ).one_or_none()
+    if row is None:
+        return ModelState(model, None, 0)
+    return ModelState(model, row.champion_version, row.generation)
+
+
+def compare_and_set_champion(
+    *, model: str, expected: str | None, new: str | None, actor: str, url: str | None = None
+) -> bool:
+    """Move the champion from ``expected`` to ``new`` only if nobody moved it meanwhile.
+
+    One guarded UPDATE (or the first INSERT): exactly one of two racing callers wins, on
+    SQLite and on PostgreSQL alike.
+    """
+    now = _now()
+    with engine(url).begin() as conn:
+        exists = conn.execute(
+            sa.select(model_state.c.model).where(model_state.c.model == model)
+        ).one_or_none()
+        if exists is None:
+            if expected is not None:
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        model_state.insert().values(
+                            model=model,
+                            champion_version=new,
+                            generation=1,
+                            updated_at=now,
+                            updated_by=actor,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                return False  # another caller created the row first
+            return True
+        guard = (
+            model_state.c.champion_version.is_(None)
+            if expected is None
+            else model_state.c.champion_version == expected
+        )
+        result = conn.execute(
+            model_state.update()
+            .where(model_state.c.model == model, guard)
+            .values(
+                champion_version=new,
+                generation=model_state.c.generation + 1,
+                updated_at=now,
+                updated_by=actor,
+            )
+        )
+        return result.rowcount == 1
+
+
+def append_audit(
+    *,
+    model: str,
+    action: str,
+    actor: str,
+    challenger_version: str | None = None,
+    champion_before: str | None = None,
+    champion_after: str | None = None,
+    reasons: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    reason: str = "",
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    url: str | None = None,
+) -> int:
+    with engine(url).begin() as conn:
+        result = conn.execute(
+            promotion_audit.insert().values(
+                created_at=_now(),
+                model=model,
+                action=action,
+                challenger_version=challenger_version,
+                champion_before=champion_before,
+                champion_after=champion_after,
+                reasons=reasons or [],
+                metrics=metrics or {},
+                actor=actor,
+                reason=reason,
+                dag_id=dag_id,
+                run_id=run_id,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def audit_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(promotion_audit)
+            .where(promotion_audit.c.model == model)
+            .order_by(promotion_audit.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def validation_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(validation_results)
+            .where(validation_results.c.model == model)
+            .order_by(validation_results.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [dict(row) for row in rows]

@@ -1,0 +1,234 @@
+"""Move the champion alias — only by compare-and-set, always with an audit record.
+
+A promotion is claimed in the monitoring store with one guarded update ("champion is still
+version E, make it C"); exactly one of two racing promoters wins. Only the winner moves the
+MLflow aliases (``previous_champion`` to the old champion, ``champion`` to the new one). If
+moving them fails, the aliases and the claim are put back, so the alias moved completely
+or not at all, and the audit says what happened. Every outcome — promoted, rejected, dry
+run, aborted, failed — is an audit row and version tags.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from driftline import monitoring, registry
+from driftline.errors import DriftlineError
+from driftline.lineage import RunContext
+from driftline.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class ChampionMoved(DriftlineError):
+    """The champion changed between evaluation and promotion; nothing was promoted."""
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    model: str
+    action: str
+    version: str
+    champion_before: str | None
+    champion_after: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _already_done(model: str, action: str, version: str, context: RunContext, url: str | None) -> bool:
+    return any(
+        row["action"] == action
+        and row["challenger_version"] == version
+        and row["dag_id"] == context.dag_id
+        and row["run_id"] == context.run_id
+        for row in monitoring.audit_log(model, limit=200, url=url)
+    )
+
+
+def _sync_state_from_registry(model: str, settings: Settings) -> None:
+    """First promotion after a fresh monitoring store: adopt MLflow's champion as the state."""
+    url = settings.monitoring_db_url
+    state = monitoring.read_state(model, url)
+    if state.generation == 0:
+        current = registry.alias_version(model, registry.CHAMPION, settings)
+        if current is not None:
+            monitoring.compare_and_set_champion(
+                model=model, expected=None, new=current, actor="sync-from-registry", url=url
+            )
+
+
+def promote(
+    model: str,
+    version: str,
+    *,
+    expected_champion: str | None,
+    context: RunContext,
+    reasons: list[str],
+    metrics: dict[str, Any] | None = None,
+    actor: str | None = None,
+    action: str = "promoted",
+    settings: Settings | None = None,
+) -> PromotionResult:
+    """Make ``version`` the champion if the champion is still ``expected_champion``."""
+    settings = settings or get_settings()
+    url = settings.monitoring_db_url
+    actor = actor or context.triggered_by
+    registry.version_info(model, version, settings)  # fails clearly for an unknown version
+
+    current = registry.alias_version(model, registry.CHAMPION, settings)
+    if current == version and _already_done(model, action, version, context, url):
+        message = f"{model} version {version} is already champion by this run; nothing to do"
+        log.info(message)
+        return PromotionResult(model, "noop", version, current, current, message)
+
+    _sync_state_from_registry(model, settings)
+    won = current == expected_champion and monitoring.compare_and_set_champion(
+        model=model, expected=expected_champion, new=version, actor=actor, url=url
+    )
+    if not won:
+        state = monitoring.read_state(model, url)
+        now_champion = current if current != expected_champion else state.champion_version
+        message = (
+            f"promotion of {model} version {version} aborted: the champion moved from "
+            f"{_v(expected_champion)} to {_v(now_champion)} since evaluation "
+            "(compare-and-set refused); re-run the evaluation against the new champion"
+        )
+        monitoring.append_audit(
+            model=model,
+            action="aborted",
+            actor=actor,
+            challenger_version=version,
+            champion_before=expected_champion,
+            champion_after=now_champion,
+            reasons=[message, *reasons],
+            metrics=metrics,
+            reason=context.reason,
+            dag_id=context.dag_id,
+            run_id=context.run_id,
+            url=url,
+        )
+        registry.set_tags(model, version, {"decision": "aborted", "decision_reasons": message}, settings)
+        raise ChampionMoved(message)
+
+    mlflow_client = registry.client(settings)
+    previous_alias = registry.alias_version(model, registry.PREVIOUS_CHAMPION, settings)
+    try:
+        if expected_champion is not None:
+            mlflow_client.set_registered_model_alias(model, registry.PREVIOUS_CHAMPION, expected_champion)
+        mlflow_client.set_registered_model_alias(model, registry.CHAMPION, version)
+    except Exception as exc:
+        _restore(model, expected_champion, previous_alias, version, settings)
+        monitoring.append_audit(
+            model=model,
+            action="failed",
+            actor=actor,
+            challenger_version=version,
+            champion_before=expected_champion,
+            champion_after=expected_champion,
+            reasons=[f"moving the aliases failed, restored: {exc}", *reasons],
+            metrics=metrics,
+            reason=context.reason,
+            dag_id=context.dag_id,
+            run_id=context.run_id,
+            url=url,
+        )
+        raise
+
+    now = datetime.now(UTC).isoformat()
+    registry.set_tags(
+        model,
+        version,
+        {
+            "decision": action,
+            "decision_reasons": " | ".join(reasons),
+            "promoted_at": now,
+            "promoted_by": actor,
+            "promoted_in_run": context.key,
+        },
+        settings,
+    )
+    if expected_champion is not None:
+        registry.set_tags(model, expected_champion, {"superseded_by": version, "superseded_at": now}, settings)
+    monitoring.append_audit(
+        model=model,
+        action=action,
+        actor=actor,
+        challenger_version=version,
+        champion_before=expected_champion,
+        champion_after=version,
+        reasons=reasons,
+        metrics=metrics,
+        reason=context.reason,
+        dag_id=context.dag_id,
+        run_id=context.run_id,
+        url=url,
+    )
+    message = f"{model}: champion {_v(expected_champion)} -> v{version} ({action} by {actor})"
+    log.info(message)
+    return PromotionResult(model, action, version, expected_champion, version, message)
+
+
+def _restore(
+    model: str, champion: str | None, previous: str | None, claimed: str, settings: Settings
+) -> None:
+    """Undo a half-moved promotion: aliases back, then the claim back."""
+    mlflow_client = registry.client(settings)
+    try:
+        if champion is None:
+            mlflow_client.delete_registered_model_alias(model, registry.CHAMPION)
+        else:
+            mlflow_client.set_registered_model_alias(model, registry.CHAMPION, champion)
+        if previous is None:
+            mlflow_client.delete_registered_model_alias(model, registry.PREVIOUS_CHAMPION)
+        else:
+            mlflow_client.set_registered_model_alias(model, registry.PREVIOUS_CHAMPION, previous)
+    finally:
+        monitoring.compare_and_set_champion(
+            model=model, expected=claimed, new=champion, actor="rollback-of-failed-promotion",
+            url=settings.monitoring_db_url,
+        )
+
+
+def record_rejection(
+    model: str,
+    version: str,
+    *,
+    context: RunContext,
+    reasons: list[str],
+    metrics: dict[str, Any] | None = None,
+    champion: str | None = None,
+    settings: Settings | None = None,
+) -> PromotionResult:
+    """A challenger that stays a challenger keeps its reasons (tags and an audit row)."""
+    settings = settings or get_settings()
+    action = "dry_run" if context.dry_run else "rejected"
+    registry.set_tags(
+        model, version, {"decision": action, "decision_reasons": " | ".join(reasons)}, settings
+    )
+    if not _already_done(model, action, version, context, settings.monitoring_db_url):
+        monitoring.append_audit(
+            model=model,
+            action=action,
+            actor=context.triggered_by,
+            challenger_version=version,
+            champion_before=champion,
+            champion_after=champion,
+            reasons=reasons,
+            metrics=metrics,
+            reason=context.reason,
+            dag_id=context.dag_id,
+            run_id=context.run_id,
+            url=settings.monitoring_db_url,
+        )
+    message = f"{model} version {version} {action.replace('_', ' ')}: " + "; ".join(reasons)
+    log.info(message)
+    return PromotionResult(model, action, version, champion, champion, message)
+
+
+def _v(version: str | None) -> str:
+    return "none" if version is None else f"v{version}"

@@ -1,0 +1,207 @@
+"""The retrain loop as stage functions: what each task of ``<model>_retrain`` calls.
+
+Every stage takes and returns plain values (model name, run directory, version), so Airflow
+passes references through XCom and the CLI and the benchmark can run the same stages in one
+process. Each stage is safe to re-run for the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from driftline import monitoring
+from driftline.lineage import RunContext, run_dir
+from driftline.settings import Settings, get_settings
+from driftline.specs import load_spec
+
+log = logging.getLogger(__name__)
+
+DECISION_FILE = "decision.json"
+
+
+def build(
+    model: str,
+    *,
+    as_of: datetime,
+    context: RunContext,
+    window_days: int | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """build_training_set: returns the run directory and the fingerprint."""
+    from driftline.training_set import build_training_set
+
+    settings = settings or get_settings()
+    spec = load_spec(model, settings.models_dir)
+    directory = run_dir(settings.runs_dir, model, context)
+    fingerprint = build_training_set(
+        spec, as_of=as_of, run_dir=directory, window_days=window_days, settings=settings
+    )
+    return {"run_dir": str(directory), "fingerprint": fingerprint.as_dict()}
+
+
+def validate(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    """validate_data: the gate. Raises ValidationFailed naming every failed check."""
+    import pandas as pd
+
+    from driftline.training_set import RECENT_FILE, TRAINING_FILE, Window, read_fingerprint
+    from driftline.validation import enforce
+    from driftline.validation import validate as run_checks
+
+    settings = settings or get_settings()
+    spec = load_spec(model, settings.models_dir)
+    path = Path(directory)
+    fingerprint = read_fingerprint(path)
+    window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
+    report = run_checks(
+        spec,
+        pd.read_parquet(path / TRAINING_FILE),
+        pd.read_parquet(path / RECENT_FILE),
+        window,
+        source=f"{fingerprint.offline_dir} via feature service {spec.feature_service}",
+    )
+    json_path, html_path = report.write(path)
+    monitoring.record_validation(
+        model=model,
+        passed=report.passed,
+        failed_checks=[check.__dict__ for check in report.failed],
+        fingerprint=fingerprint.as_dict(),
+        report_uri=html_path.as_uri(),
+        dag_id=context.dag_id,
+        run_id=context.run_id,
+        url=settings.monitoring_db_url,
+    )
+    enforce(report)
+    log.info(report.summary())
+    return {"passed": True, "checks": len(report.checks), "report": str(html_path)}
+
+
+def train(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    from driftline.training import train as run_training
+
+    settings = settings or get_settings()
+    spec = load_spec(model, settings.models_dir)
+    return run_training(spec, run_dir=Path(directory), context=context, settings=settings).as_dict()
+
+
+def evaluate(
+    model: str, directory: str, version: str, *, settings: Settings | None = None
+) -> dict[str, Any]:
+    from driftline.evaluation import evaluate as run_evaluation
+
+    settings = settings or get_settings()
+    spec = load_spec(model, settings.models_dir)
+    return run_evaluation(
+        spec, run_dir=Path(directory), challenger_version=version, settings=settings
+    ).as_dict()
+
+
+def decide(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Apply the spec's promotion policy to the evaluation; writes decision.json."""
+    from driftline.evaluation import read_evaluation
+    from driftline.policy import Decision
+    from driftline.policy import decide as apply_policy
+
+    settings = settings or get_settings()
+    spec = load_spec(model, settings.models_dir)
+    evaluation = read_evaluation(Path(directory))
+    decision = apply_policy(
+        spec.promotion,
+        challenger=evaluation.challenger_metrics,
+        champion=evaluation.champion_metrics,
+        holdout_rows=evaluation.holdout_rows,
+        holdout_positives=evaluation.holdout_positives,
+    )
+    reasons = [*evaluation.notes, *decision.reasons]
+    if context.dry_run:
+        decision = Decision(
+            promote=False, reasons=[f"dry run: policy would {decision.outcome}", *reasons]
+        )
+    else:
+        decision = Decision(promote=decision.promote, reasons=reasons)
+    result = {
+        **decision.as_dict(),
+        "challenger_version": evaluation.challenger_version,
+        "champion_version": evaluation.champion_version,
+        "challenger_metrics": evaluation.challenger_metrics,
+        "champion_metrics": evaluation.champion_metrics,
+    }
+    (Path(directory) / DECISION_FILE).write_text(json.dumps(result, indent=2))
+    log.info("%s: %s — %s", model, decision.outcome, "; ".join(decision.reasons))
+    return result
+
+
+def _decision(directory: str) -> dict[str, Any]:
+    return json.loads((Path(directory) / DECISION_FILE).read_text())
+
+
+def promote(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    from driftline.promotion import promote as move_champion
+
+    decision = _decision(directory)
+    return move_champion(
+        model,
+        decision["challenger_version"],
+        expected_champion=decision["champion_version"],
+        context=context,
+        reasons=decision["reasons"],
+        metrics={
+            "challenger": decision["challenger_metrics"],
+            "champion": decision["champion_metrics"],
+        },
+        settings=settings,
+    ).as_dict()
+
+
+def keep_champion(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    """The rejected (or dry-run) branch: the challenger keeps its reasons, nothing moves."""
+    from driftline.promotion import record_rejection
+
+    decision = _decision(directory)
+    return record_rejection(
+        model,
+        decision["challenger_version"],
+        context=context,
+        reasons=decision["reasons"],
+        metrics={
+            "challenger": decision["challenger_metrics"],
+            "champion": decision["champion_metrics"],
+        },
+        champion=decision["champion_version"],
+        settings=settings,
+    ).as_dict()
+
+
+def run_all(
+    model: str,
+    *,
+    as_of: datetime,
+    context: RunContext,
+    window_days: int | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Every stage in one process, in DAG order (the CLI's `driftline retrain`)."""
+    built = build(model, as_of=as_of, context=context, window_days=window_days, settings=settings)
+    directory = built["run_dir"]
+    validate(model, directory, context=context, settings=settings)
+    trained = train(model, directory, context=context, settings=settings)
+    evaluate(model, directory, trained["version"], settings=settings)
+    decision = decide(model, directory, context=context, settings=settings)
+    if decision["promote"]:
+        outcome = promote(model, directory, context=context, settings=settings)
+    else:
+        outcome = keep_champion(model, directory, context=context, settings=settings)
+    return {"run_dir": directory, "decision": decision, "outcome": outcome}

@@ -1,0 +1,291 @@
+"""Train an XGBoost challenger and register it in MLflow with its lineage.
+
+Splits are by time, never random: the newest ``holdout_days`` of the training window are the
+holdout, the ``validation_days`` before them drive early stopping, the rest trains. The
+seed is fixed. The registered version carries the training-set fingerprint, the feature
+service, the git commit and the Airflow run that made it; alias ``challenger`` points at it.
+A reference sample of the training features (with the model's scores) is stored with the
+run for the drift monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftline import registry
+from driftline.errors import DriftlineError
+from driftline.lineage import RunContext
+from driftline.settings import Settings, get_settings
+from driftline.specs import ModelSpec
+from driftline.training_set import TRAINING_FILE, Window, read_fingerprint
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+PREDICTION = "prediction"
+PIP_REQUIREMENTS = ["xgboost==3.2.0", "pandas==2.3.3"]
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    holdout: pd.DataFrame
+    validation_start: datetime
+    holdout_start: datetime
+
+
+def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
+    """Train, validation and holdout by time: each part strictly after the one before."""
+    holdout_start = window.end - timedelta(days=spec.training.holdout_days)
+    validation_start = holdout_start - timedelta(days=spec.training.validation_days)
+    ts = pd.to_datetime(frame[spec.timestamp_column], utc=True)
+    ordered = frame.assign(_ts=ts).sort_values("_ts", kind="stable")
+    ts = ordered.pop("_ts")
+    return Split(
+        train=ordered[ts < validation_start],
+        validation=ordered[(ts >= validation_start) & (ts < holdout_start)],
+        holdout=ordered[(ts >= holdout_start) & (ts < window.end)],
+        validation_start=validation_start,
+        holdout_start=holdout_start,
+    )
+
+
+def model_inputs(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The model's input columns in spec order: numbers as float64, categories as pandas
+    categoricals over the spec's fixed category list (unknown values become missing)."""
+    columns = {}
+    for name in spec.feature_names:
+        if name in spec.categorical:
+            columns[name] = pd.Categorical(
+                frame[name].astype("object"), categories=list(spec.categorical[name])
+            )
+        else:
+            columns[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    import xgboost as xgb
+
+    if frame.empty:
+        return np.array([], dtype=float)
+    matrix = xgb.DMatrix(model_inputs(frame, spec), enable_categorical=True)
+    return booster.predict(matrix)
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log loss, Brier and recall at a fixed false-positive rate."""
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    labels = np.asarray(labels, dtype=int)
+    scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise DriftlineError(
+            f"cannot score a model on {len(labels)} rows with a single class; the holdout "
+            "needs positives and negatives"
+        )
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "log_loss": float(log_loss(labels, scores, labels=[0, 1])),
+        "brier": float(brier_score_loss(labels, scores)),
+        "recall_at_fpr": float(np.interp(target_fpr, fpr, tpr)),
+    }
+
+
+def fit(spec: ModelSpec, split: Split) -> Any:
+    """XGBoost with the spec's parameters, early-stopped on the validation days; the
+    returned booster holds only the trees up to the best iteration."""
+    import xgboost as xgb
+
+    for part in ("train", "validation"):
+        labels = getattr(split, part)[spec.label]
+        if len(labels) == 0 or labels.nunique() < 2:
+            raise DriftlineError(
+                f"the {part} split of {spec.name} has {len(labels)} rows and "
+                f"{int(labels.sum()) if len(labels) else 0} positives; it needs both classes"
+            )
+    dtrain = xgb.DMatrix(
+        model_inputs(split.train, spec), label=split.train[spec.label], enable_categorical=True
+    )
+    dvalid = xgb.DMatrix(
+        model_inputs(split.validation, spec),
+        label=split.validation[spec.label],
+        enable_categorical=True,
+    )
+    params = {"seed": spec.training.seed, **spec.training.params}
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=spec.training.num_boost_round,
+        evals=[(dvalid, "validation")],
+        early_stopping_rounds=spec.training.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    best = booster.best_iteration
+    trimmed = booster[: best + 1]
+    trimmed.set_attr(best_iteration=str(best))
+    return trimmed
+
+
+def _signature(spec: ModelSpec) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = [
+        ColSpec("string" if name in spec.categorical else "double", name)
+        for name in spec.feature_names
+    ]
+    outputs = [TensorSpec(np.dtype("float32"), (-1,))]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: str
+    mlflow_run_id: str
+    metrics: dict[str, float]
+    reused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(
+    spec: ModelSpec,
+    *,
+    run_dir: Path,
+    context: RunContext,
+    settings: Settings | None = None,
+) -> TrainResult:
+    """Train, log and register a new version, then point ``challenger`` at it.
+
+    Idempotent per run: if this run (``context.key``) already registered a version, that
+    version is returned and no second one is made.
+    """
+    import mlflow
+    import mlflow.xgboost
+
+    settings = settings or get_settings()
+    model = spec.registered_model
+    existing = registry.find_version_by_tag(model, "run_key", context.key, settings)
+    if existing is not None:
+        info = registry.version_info(model, existing, settings)
+        registry.client(settings).set_registered_model_alias(model, registry.CHALLENGER, existing)
+        log.info("run %s already registered %s version %s; reusing it", context.key, model, existing)
+        stored = {k.removeprefix("holdout_"): float(v) for k, v in info.tags.items() if k.startswith("holdout_")}
+        return TrainResult(existing, info.run_id, stored, reused=True)
+
+    fingerprint = read_fingerprint(run_dir)
+    window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
+    frame = pd.read_parquet(run_dir / TRAINING_FILE)
+    split = time_split(frame, spec, window)
+    booster = fit(spec, split)
+
+    holdout_metrics = metrics(
+        split.holdout[spec.label].to_numpy(), predict(booster, split.holdout, spec), spec.training.target_fpr
+    )
+    validation_metrics = metrics(
+        split.validation[spec.label].to_numpy(),
+        predict(booster, split.validation, spec),
+        spec.training.target_fpr,
+    )
+    importance = booster.get_score(importance_type="gain")
+
+    reference = pd.concat([split.train, split.validation]).sample(
+        n=min(spec.training.reference_sample_rows, len(split.train) + len(split.validation)),
+        random_state=spec.training.seed,
+    )
+    reference = reference[[spec.timestamp_column, *spec.feature_names, spec.label]].copy()
+    reference[PREDICTION] = predict(booster, reference, spec)
+
+    lineage = {
+        **context.tags(),
+        "feature_service": spec.feature_service,
+        "git_commit": registry.git_commit(),
+        "training_set_sha256": fingerprint.sha256,
+        "training_rows": fingerprint.rows,
+        "training_positives": fingerprint.positives,
+        "window_start": fingerprint.window["start"],
+        "window_end": fingerprint.window["end"],
+        "model_spec": spec.source,
+        "reference_artifact": REFERENCE_ARTIFACT,
+        "best_iteration": booster.attr("best_iteration"),
+    }
+    experiment = registry.experiment_id(model, settings)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{model} {context.run_id}") as run:
+        mlflow.set_tags(lineage)
+        mlflow.log_params(
+            {
+                **{f"xgb_{k}": v for k, v in spec.training.params.items()},
+                "num_boost_round": spec.training.num_boost_round,
+                "early_stopping_rounds": spec.training.early_stopping_rounds,
+                "seed": spec.training.seed,
+                "window_days": round(
+                    (window.end - window.start).total_seconds() / 86400, 3
+                ),
+                "validation_days": spec.training.validation_days,
+                "holdout_days": spec.training.holdout_days,
+                "train_rows": len(split.train),
+                "validation_rows": len(split.validation),
+                "holdout_rows": len(split.holdout),
+            }
+        )
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items()})
+        mlflow.log_metrics({f"validation_{k}": v for k, v in validation_metrics.items()})
+        mlflow.log_dict(fingerprint.as_dict(), "training_set/fingerprint.json")
+        mlflow.log_dict(
+            dict(sorted(importance.items(), key=lambda kv: -kv[1])), "feature_importance.json"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "reference.parquet"
+            reference.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="reference")
+        logged = mlflow.xgboost.log_model(
+            booster,
+            name="model",
+            model_format="json",
+            signature=_signature(spec),
+            input_example=frame[spec.feature_names].head(5),
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+        mlflow_run_id = run.info.run_id
+
+    version_tags = {
+        **{k: str(v) for k, v in lineage.items()},
+        **{f"holdout_{k}": f"{v:.6f}" for k, v in holdout_metrics.items()},
+        "mlflow_run_id": mlflow_run_id,
+        "decision": "pending",
+    }
+    registered = mlflow.register_model(logged.model_uri, model, tags=version_tags)
+    version = str(registered.version)
+    registry.client(settings).set_registered_model_alias(model, registry.CHALLENGER, version)
+    log.info(
+        "registered %s version %s (holdout pr_auc %.4f, roc_auc %.4f); alias challenger -> %s",
+        model,
+        version,
+        holdout_metrics["pr_auc"],
+        holdout_metrics["roc_auc"],
+        version,
+    )
+    (run_dir / "train.json").write_text(
+        json.dumps({"version": version, "mlflow_run_id": mlflow_run_id, "metrics": holdout_metrics}, indent=2)
+    )
+    return TrainResult(version, mlflow_run_id, holdout_metrics)

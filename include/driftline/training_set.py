@@ -1,0 +1,195 @@
+"""Build a model's training set: labeled entity rows joined point-in-time with Feast.
+
+The training window is ``window_days`` of *matured* labels ending ``label_delay_days``
+before the run's as-of time; the rows after it (too young to carry a label) are fetched
+too, as ``recent``, so the validation gate also sees the newest data the run has. Both are
+written to the run's directory with a fingerprint: what was read, from where, and a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from driftline import offline
+from driftline.errors import DriftlineError
+from driftline.settings import Settings, get_settings
+from driftline.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+TRAINING_FILE = "training_set.parquet"
+RECENT_FILE = "recent.parquet"
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The labeled training window ``[start, end)`` and the run's as-of time."""
+
+    start: datetime
+    end: datetime
+    as_of: datetime
+
+    @property
+    def days(self) -> list[date]:
+        first, last = self.start.date(), (self.as_of - timedelta(microseconds=1)).date()
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in asdict(self).items()}
+
+
+def training_window(spec: ModelSpec, as_of: datetime, window_days: int | None = None) -> Window:
+    """``window_days`` of matured labels ending ``label_delay_days`` before ``as_of``."""
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    days = window_days or spec.training.window_days
+    minimum = spec.training.validation_days + spec.training.holdout_days + 1
+    if days < minimum:
+        raise DriftlineError(
+            f"window_days {days} is too short for {spec.name}: validation_days + holdout_days "
+            f"+ 1 = {minimum} days at least ({spec.source})"
+        )
+    end = as_of - timedelta(days=spec.label_delay_days)
+    return Window(start=end - timedelta(days=days), end=end, as_of=as_of)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a training set is, for lineage: logged to MLflow and stored with the run."""
+
+    model: str
+    feature_service: str
+    window: dict[str, str]
+    rows: int
+    positives: int
+    recent_rows: int
+    sha256: str
+    columns: list[str]
+    offline_dir: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_feature_partitions(store: Any, spec: ModelSpec, window: Window, offline_dir: Path) -> None:
+    """Every partition a feature view may read for this window must have its schema."""
+    from driftline.feature_store import offline_table
+
+    for name in spec.feature_views:
+        view = store.get_feature_view(name)
+        ttl = view.ttl or timedelta(0)
+        table = offline_table(view)
+        present = set(offline.list_days(offline_dir, table))
+        first = (window.start - ttl).date()
+        wanted = [d for d in window.days if d in present]
+        wanted += [d for d in present if first <= d < window.start.date()]
+        offline.check_table(offline_dir, table, sorted(wanted))
+
+
+def entity_rows(spec: ModelSpec, window: Window, offline_dir: Path) -> pd.DataFrame:
+    """Rows of the entity table from the window's start to its as-of time, by day partition.
+
+    Rows are read by partition, not filtered by time at the top: a row stamped after the
+    as-of time is kept so the validation gate can report it.
+    """
+    present = set(offline.list_days(offline_dir, spec.entity_table))
+    days = [d for d in window.days if d in present]
+    table = offline.read_table(offline_dir, spec.entity_table, days).to_pandas()
+    return table[table[spec.timestamp_column] >= window.start].reset_index(drop=True)
+
+
+def _join(store: Any, spec: ModelSpec, rows: pd.DataFrame) -> pd.DataFrame:
+    if rows.empty:
+        return rows
+    service = store.get_feature_service(spec.feature_service)
+    job = store.get_historical_features(entity_df=rows, features=service)
+    joined = job.to_df()
+    sort = [spec.timestamp_column, *spec.entity_keys]
+    return joined.sort_values(sort, kind="stable", ignore_index=True)
+
+
+def build_training_set(
+    spec: ModelSpec,
+    *,
+    as_of: datetime,
+    run_dir: Path,
+    window_days: int | None = None,
+    settings: Settings | None = None,
+) -> Fingerprint:
+    """Write ``training_set.parquet``, ``recent.parquet`` and ``fingerprint.json`` to ``run_dir``.
+
+    Re-running overwrites the same files with the same content (the inputs are immutable
+    day partitions), so clearing the task is safe.
+    """
+    from driftline.feature_store import get_store
+
+    settings = settings or get_settings()
+    window = training_window(spec, as_of, window_days)
+    store = get_store(settings)
+    try:
+        store.get_feature_service(spec.feature_service)
+    except Exception as exc:
+        raise DriftlineError(
+            f"feature service {spec.feature_service!r} of {spec.name} ({spec.source}) is not in "
+            f"the Feast registry: {exc}; run `driftline feast apply`"
+        ) from None
+    _check_feature_partitions(store, spec, window, settings.offline_dir)
+
+    rows = entity_rows(spec, window, settings.offline_dir)
+    labeled = rows[
+        (rows[spec.timestamp_column] < window.end) & (rows["label_available_at"] <= window.as_of)
+    ]
+    recent = rows[rows[spec.timestamp_column] >= window.end].drop(columns=[spec.label])
+    training = _join(store, spec, labeled)
+    recent = _join(store, spec, recent)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    training_path, recent_path = run_dir / TRAINING_FILE, run_dir / RECENT_FILE
+    training.to_parquet(training_path, index=False)
+    recent.to_parquet(recent_path, index=False)
+    fingerprint = Fingerprint(
+        model=spec.name,
+        feature_service=spec.feature_service,
+        window=window.as_dict(),
+        rows=len(training),
+        positives=int(training[spec.label].sum()) if len(training) else 0,
+        recent_rows=len(recent),
+        sha256=_file_hash(training_path),
+        columns=list(training.columns),
+        offline_dir=str(settings.offline_dir),
+    )
+    (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint.as_dict(), indent=2))
+    log.info(
+        "training set for %s: %d labeled rows (%d positives) in [%s, %s), %d recent rows",
+        spec.name,
+        fingerprint.rows,
+        fingerprint.positives,
+        window.start,
+        window.end,
+        fingerprint.recent_rows,
+    )
+    return fingerprint
+
+
+def read_fingerprint(run_dir: Path) -> Fingerprint:
+    path = run_dir / FINGERPRINT_FILE
+    if not path.is_file():
+        raise DriftlineError(f"no training set at {run_dir}: {FINGERPRINT_FILE} is missing")
+    return Fingerprint(**json.loads(path.read_text()))

@@ -1,0 +1,1 @@
+"""Airflow-facing pieces of driftline: run context, triggers, sensors, notifiers, links."""

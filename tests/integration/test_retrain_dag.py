@@ -1,0 +1,161 @@
+"""fraud_detection_retrain end to end under `airflow dags test`, on a real Feast store and a
+real MLflow registry in a temp directory. The tests run in order and share one state."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from driftline import monitoring, offline, registry
+from driftline.datagen import generate
+from driftline.feature_store import apply_repo
+from tests.airflow_env import airflow_env, migrated_database, run_airflow
+from tests.conftest import SMALL, START, isolate_environment
+
+pytestmark = pytest.mark.airflow
+
+DAG_ID = "fraud_detection_retrain"
+AS_OF = "2026-02-10"  # data covers 2026-01-01 .. 2026-02-09; labels mature after 7 days
+MODEL = "fraud_detection"
+
+
+class Stack:
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+
+    def dags_test(self, conf: dict) -> tuple[str, dict[str, str], str]:
+        """Run the DAG once; returns (run state, task states, combined output)."""
+        result = run_airflow(
+            ["dags", "test", DAG_ID, AS_OF, "--conf", json.dumps({"end_date": AS_OF, **conf})],
+            self.env,
+            check=False,
+        )
+        with sqlite3.connect(self.home / "airflow" / "airflow.db") as db:
+            run_id, state = db.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                (DAG_ID,),
+            ).fetchone()
+            tasks = dict(
+                db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                    (DAG_ID, run_id),
+                ).fetchall()
+            )
+        self.last_run_id = run_id
+        return state, tasks, result.stdout + result.stderr
+
+    def versions(self) -> list[str]:
+        found = registry.client().search_model_versions(f"name='{MODEL}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db_template: Path) -> Iterator[Stack]:
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("retrain") / "state"
+        home.mkdir()
+        isolate_environment(patch, home)
+        generate(offline_dir=home / "offline", days=40, start=START, **SMALL)
+        apply_repo()
+        migrated_database(airflow_db_template, home / "airflow")
+        yield Stack(home, airflow_env(home / "airflow"))
+
+
+def test_dry_run_trains_and_evaluates_but_moves_no_alias(stack: Stack) -> None:
+    state, tasks, output = stack.dags_test({"dry_run": True, "reason": "dry run first"})
+    assert state == "success", output[-3000:]
+    assert tasks["keep_champion"] == "success" and tasks["promote"] == "skipped"
+    assert registry.alias_version(MODEL, registry.CHAMPION) is None
+    version = registry.alias_version(MODEL, registry.CHALLENGER)
+    tags = registry.version_info(MODEL, version).tags
+    assert tags["decision"] == "dry_run"
+    assert "dry run: policy would promote" in tags["decision_reasons"]
+
+
+def test_first_run_promotes_with_lineage(stack: Stack) -> None:
+    before = stack.versions()
+    state, tasks, output = stack.dags_test({"reason": "first champion"})
+    assert state == "success", output[-3000:]
+    assert tasks["promote"] == "success" and tasks["keep_champion"] == "skipped"
+    assert len(stack.versions()) == len(before) + 1
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    assert champion == stack.versions()[-1]
+    tags = registry.version_info(MODEL, champion).tags
+    assert tags["decision"] == "promoted"
+    assert tags["airflow_dag_id"] == DAG_ID and tags["airflow_run_id"] == stack.last_run_id
+    assert tags["feature_service"] == "fraud_detection_v1"
+    assert len(tags["training_set_sha256"]) == 64 and len(tags["git_commit"]) >= 7
+    assert tags["triggered_by"] == "manual" or tags["triggered_by"].startswith("user:")
+    assert tags["reason"] == "first champion"
+    audit = monitoring.audit_log(MODEL)[0]
+    assert (audit["action"], audit["challenger_version"], audit["run_id"]) == (
+        "promoted",
+        champion,
+        stack.last_run_id,
+    )
+
+
+def test_clearing_promote_or_train_makes_no_duplicate(stack: Stack) -> None:
+    run_id = stack.last_run_id
+    versions, champion = stack.versions(), registry.alias_version(MODEL, registry.CHAMPION)
+    promoted_rows = [r for r in monitoring.audit_log(MODEL) if r["action"] == "promoted"]
+    for task_id in ("train", "promote"):
+        result = run_airflow(["tasks", "test", DAG_ID, task_id, run_id], stack.env, check=False)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert stack.versions() == versions
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    assert [r for r in monitoring.audit_log(MODEL) if r["action"] == "promoted"] == promoted_rows
+
+
+def test_second_run_on_same_data_follows_policy(stack: Stack) -> None:
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    state, tasks, output = stack.dags_test({"reason": "same data again"})
+    assert state == "success", output[-3000:]
+    # the same data and seed train the same model: no improvement, so the policy rejects
+    assert tasks["promote"] == "skipped" and tasks["keep_champion"] == "success"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    challenger = registry.alias_version(MODEL, registry.CHALLENGER)
+    tags = registry.version_info(MODEL, challenger).tags
+    assert tags["decision"] == "rejected"
+    assert "pr_auc improves by +0.0000" in tags["decision_reasons"]
+    assert monitoring.audit_log(MODEL)[0]["action"] == "rejected"
+
+
+def test_corrupted_newest_partition_stops_at_validation(stack: Stack) -> None:
+    newest = offline.list_days(stack.home / "offline")[-1]
+    path = offline.partition_path(stack.home / "offline", "transactions", newest)
+    backup = path.with_suffix(".orig")
+    shutil.copy(path, backup)
+    frame = pd.read_parquet(path)
+    frame.loc[::3, "amount"] = -frame.loc[::3, "amount"]
+    frame.loc[::5, "channel"] = "telepathy"
+    frame = pd.concat([frame, frame.head(40)])
+    path.unlink()
+    offline.write_partition(stack.home / "offline", "transactions", newest, pa.Table.from_pandas(frame))
+
+    versions, champion = stack.versions(), registry.alias_version(MODEL, registry.CHAMPION)
+    try:
+        state, tasks, output = stack.dags_test({"reason": "corrupted batch"})
+    finally:
+        shutil.move(backup, path)
+    assert state == "failed"
+    assert tasks["build_training_set"] == "success"
+    assert tasks["validate_data"] == "failed"
+    assert tasks["train"] == "upstream_failed" and tasks["promote"] == "upstream_failed"
+    assert stack.versions() == versions
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    for check in ("recent.range[amount]", "recent.categories[channel]", "recent.duplicate_keys"):
+        assert check in output
+    stored = monitoring.validation_log(MODEL)[0]
+    assert not stored["passed"]
+    assert {c["name"] for c in stored["failed_checks"]} >= {"recent.range[amount]", "recent.duplicate_keys"}
+    assert isinstance(newest, date)

@@ -1,0 +1,63 @@
+"""Time splits, model inputs and metrics of the training stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftline.errors import DriftlineError
+from driftline.settings import REPO_ROOT
+from driftline.specs import load_spec
+from driftline.training import fit, metrics, model_inputs, predict, time_split
+from tests.frames import joined, window_of
+
+SPEC = load_spec("fraud_detection", REPO_ROOT / "include" / "models")
+
+
+@pytest.fixture(scope="module")
+def frame(baseline_offline: Path) -> pd.DataFrame:
+    return joined(baseline_offline).sample(frac=1.0, random_state=3)  # shuffled on purpose
+
+
+def test_time_splits_never_overlap_and_respect_order(frame: pd.DataFrame) -> None:
+    window = window_of(SPEC, frame)
+    split = time_split(frame, SPEC, window)
+    assert len(split.train) + len(split.validation) + len(split.holdout) == len(frame)
+    assert split.train["event_timestamp"].max() < split.validation["event_timestamp"].min()
+    assert split.validation["event_timestamp"].max() < split.holdout["event_timestamp"].min()
+    assert set(split.train["transaction_id"]).isdisjoint(split.holdout["transaction_id"])
+    holdout_days = split.holdout["event_timestamp"].dt.date.nunique()
+    validation_days = split.validation["event_timestamp"].dt.date.nunique()
+    assert (holdout_days, validation_days) == (SPEC.training.holdout_days, SPEC.training.validation_days)
+    assert split.holdout["event_timestamp"].max() < pd.Timestamp(window.end)
+
+
+def test_model_inputs_follow_the_spec(frame: pd.DataFrame) -> None:
+    inputs = model_inputs(frame.assign(channel=frame["channel"].replace("online", "telepathy")), SPEC)
+    assert list(inputs.columns) == SPEC.feature_names
+    assert list(inputs["channel"].cat.categories) == ["chip", "contactless", "online"]
+    assert inputs["channel"].isna().sum() == (frame["channel"] == "online").sum()  # unknown -> missing
+    assert all(inputs[c].dtype == "float64" for c in SPEC.feature_names if c not in SPEC.categorical)
+
+
+def test_training_is_deterministic_and_learns(frame: pd.DataFrame) -> None:
+    split = time_split(frame, SPEC, window_of(SPEC, frame))
+    first, second = fit(SPEC, split), fit(SPEC, split)
+    scores = predict(first, split.holdout, SPEC)
+    np.testing.assert_array_equal(scores, predict(second, split.holdout, SPEC))
+    result = metrics(split.holdout["is_fraud"].to_numpy(), scores, 0.01)
+    assert result["roc_auc"] > 0.85
+    assert result["pr_auc"] > 5 * split.holdout["is_fraud"].mean()
+
+
+def test_metrics_known_values() -> None:
+    labels = np.array([0, 0, 1, 1])
+    perfect = metrics(labels, np.array([0.1, 0.2, 0.8, 0.9]), 0.01)
+    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0 and perfect["recall_at_fpr"] == 1.0
+    inverted = metrics(labels, np.array([0.9, 0.8, 0.2, 0.1]), 0.01)
+    assert inverted["roc_auc"] == 0.0
+    with pytest.raises(DriftlineError, match="single class"):
+        metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.01)
