@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
 DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
 
-.PHONY: help setup lock lint format test test-fast generate apply materialize clean-state
+.PHONY: help setup lock lint format test test-fast bench generate apply materialize clean-state
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ test: setup lint ## lint, then the whole test suite (sets up everything it needs
 
 test-fast: setup ## unit and DAG-integrity tests only
 	$(BIN)/pytest tests/unit tests/dags
+
+bench: setup ## retrain benchmark at SIZES (default 100k,1m labeled rows); not part of make test
+	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
 
 generate: setup ## append DAYS (default 1) of SCENARIO (default baseline) data to the offline store
 	$(BIN)/driftline generate --scenario $${SCENARIO:-baseline} --days $${DAYS:-1}

@@ -26,14 +26,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+from driftline_airflow.assets import feature_view_asset
 
-from driftline.assets import feature_view_uri
 from driftline.specs import feature_views_in_use
 
 
 def _materialize_task(view: str) -> Any:
-    asset = Asset(name=f"feast_{view}", uri=feature_view_uri(view))
+    asset = feature_view_asset(view)
 
     @task(task_id=f"materialize_{view}", outlets=[asset])
     def materialize(

@@ -4,10 +4,18 @@
 Turns fresh data into a better model, or refuses to, and says why. One DAG per model spec
 in `include/models/` (`fraud_detection_retrain` for the shipped example).
 
-**Triggered by** the spec's weekly cron (`schedule.retrain`), or by an operator with the
-trigger form. At most one run at a time.
+**Triggered by** the spec's weekly cron (`schedule.retrain`), **or** by drift: an event on
+the asset `drift://<model>` — from the model's drift monitor, from the Airflow REST API, or
+from a row in the monitoring store's `drift_events` table (an AssetWatcher in the
+triggerer) — or by an operator with the trigger form. At most one run at a time.
+
+**Storm protection**: `admit_trigger` lets at most one drift-triggered run through per
+`drift.cooldown_hours`. Events that arrive together collapse into one run; a drift-triggered
+run inside the cooldown skips every task and marks its events *suppressed* with the reason.
+Every event records the run that consumed it.
 
 **Tasks**
+0. `admit_trigger` — storm protection for drift-triggered runs (see above).
 1. `build_training_set` — matured-label entity rows of the training window joined
    point-in-time with the model's Feast feature service; written to the run's directory
    with a fingerprint (hash, rows, window, feature service).
@@ -41,8 +49,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException
+from driftline_airflow.assets import watched_drift_asset
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -56,13 +72,16 @@ def _as_of(params: dict[str, Any], data_interval_end: datetime | None) -> dateti
     return data_interval_end or datetime.now(UTC)
 
 
-def build_retrain_dag(spec: ModelSpec) -> Any:
+def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
     model = spec.name
     minimum_window = spec.training.validation_days + spec.training.holdout_days + 1
 
     @dag(
         dag_id=f"{model}_retrain",
-        schedule=CronTriggerTimetable(spec.schedule.retrain, timezone="UTC"),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.schedule.retrain, timezone="UTC"),
+            assets=watched_drift_asset(model, known_models, spec.drift.event_poll_seconds),
+        ),
         start_date=datetime(2026, 1, 1, tzinfo=UTC),
         catchup=False,
         max_active_runs=1,
@@ -102,7 +121,29 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
         render_template_as_native_obj=True,
     )
     def retrain() -> None:
-        from driftline_airflow.context import run_context
+        from driftline_airflow.context import asset_events, run_context
+
+        @task.short_circuit
+        def admit_trigger() -> bool:
+            import logging
+
+            from driftline.events import admit_drift_run
+            from driftline.specs import load_spec
+
+            context = get_current_context()
+            dag_run = context["dag_run"]
+            if run_context(context).run_type != "asset_triggered":
+                return True
+            admission = admit_drift_run(
+                model,
+                asset_events(dag_run),
+                context=run_context(context),
+                at=dag_run.run_after,
+                # read now, not at parse time: a changed cooldown applies to the next event
+                cooldown_hours=load_spec(model).drift.cooldown_hours,
+            )
+            logging.getLogger("driftline.events").info("%s", admission.message)
+            return admission.admitted
 
         @task
         def build_training_set(data_interval_end: datetime | None = None) -> dict[str, Any]:
@@ -123,7 +164,9 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
             from driftline.validation import ValidationFailed
 
             try:
-                return stages.validate(model, built["run_dir"], context=run_context(get_current_context()))
+                return stages.validate(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
             except ValidationFailed as failed:
                 # bad data does not get better by retrying: fail now, with every reason
                 raise AirflowFailException(str(failed)) from None
@@ -144,7 +187,9 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
         def decide(built: dict[str, Any]) -> str:
             from driftline import retrain as stages
 
-            decision = stages.decide(model, built["run_dir"], context=run_context(get_current_context()))
+            decision = stages.decide(
+                model, built["run_dir"], context=run_context(get_current_context())
+            )
             return "promote" if decision["promote"] else "keep_champion"
 
         @task
@@ -153,7 +198,9 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
             from driftline.promotion import ChampionMoved
 
             try:
-                return stages.promote(model, built["run_dir"], context=run_context(get_current_context()))
+                return stages.promote(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
             except ChampionMoved as moved:
                 raise AirflowFailException(str(moved)) from None
 
@@ -184,6 +231,7 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
             return summary
 
         built = build_training_set()
+        admit_trigger() >> built
         validated = validate_data(built)
         trained = train(built)
         evaluated = evaluate(built, trained)
@@ -196,5 +244,6 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
     return retrain()
 
 
-for _spec in load_specs():
-    build_retrain_dag(_spec)
+_specs = load_specs()
+for _spec in _specs:
+    build_retrain_dag(_spec, [s.name for s in _specs])

@@ -24,6 +24,11 @@ _ISOLATED = (
 # A small world that still has every feature populated.
 SMALL = {"n_cards": 400, "n_merchants": 60, "seed": 11}
 START = "2026-01-01"
+# A world big and long enough for drift statistics: the per-day noise of 400 cards crosses
+# the drift thresholds, and the merchant fraud rate needs 37 days (30-day window + 7-day
+# label delay) before its training reference is out of the warm-up.
+WORLD = {"n_cards": 1200, "n_merchants": 150, "seed": 11}
+WORLD_DAYS = 70
 
 
 def isolate_environment(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
@@ -49,6 +54,16 @@ def baseline_offline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     offline_dir = tmp_path_factory.mktemp("baseline") / "offline"
     generate(offline_dir=offline_dir, days=21, start=START, **SMALL)
+    return offline_dir
+
+
+@pytest.fixture(scope="session")
+def world_offline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """WORLD_DAYS baseline days of the drift-sized world, generated once per session."""
+    from driftline.datagen import generate
+
+    offline_dir = tmp_path_factory.mktemp("world") / "offline"
+    generate(offline_dir=offline_dir, days=WORLD_DAYS, start=START, **WORLD)
     return offline_dir
 
 

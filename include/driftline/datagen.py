@@ -127,8 +127,8 @@ SCENARIO_PARAMS: dict[str, Scenario] = {
     "covariate_shift": Scenario(
         volume=1.3,
         amount=1.5,
-        category_tilt={"retail": 1.8, "electronics": 2.3, "jewelry": 2.5, "travel": 1.6},
-        online_shift=0.15,
+        category_tilt={"retail": 2.0, "electronics": 2.8, "jewelry": 3.0, "travel": 2.0},
+        online_shift=0.2,
     ),
     "concept_drift": Scenario(
         cards_compromised_share=0.02,

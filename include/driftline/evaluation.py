@@ -186,6 +186,8 @@ def evaluate(
         len(holdout),
         challenger_version,
         challenger_metrics["pr_auc"],
-        f"v{champion_version} pr_auc {champion_metrics['pr_auc']:.4f}" if champion_metrics else "none",
+        f"v{champion_version} pr_auc {champion_metrics['pr_auc']:.4f}"
+        if champion_metrics
+        else "none",
     )
     return evaluation

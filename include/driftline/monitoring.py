@@ -70,6 +70,50 @@ validation_results = sa.Table(
     sa.Column("run_id", sa.String(250), nullable=True),
 )
 
+drift_reports = sa.Table(
+    "drift_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("champion_version", sa.String(32), nullable=True),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("current_rows", sa.Integer, nullable=False),
+    sa.Column("reference_rows", sa.Integer, nullable=False),
+    sa.Column("share_drifted", sa.Float, nullable=False),
+    sa.Column("columns", sa.JSON, nullable=False),
+    sa.Column("prediction", sa.JSON, nullable=False),
+    sa.Column("performance", sa.JSON, nullable=False),
+    sa.Column("verdict", sa.String(32), nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("report_uri", sa.Text, nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+)
+
+# Status of a drift event: new (written by an outside system, not yet seen) -> emitted (an
+# asset event was raised for it) -> consumed (a retrain run took it) or suppressed (a retrain
+# run skipped it, e.g. cooldown); new -> rejected (malformed, unknown model). Changes are
+# guarded updates from an expected status; rows are never deleted.
+EVENT_STATUSES = ("new", "emitted", "consumed", "suppressed", "rejected")
+
+drift_events = sa.Table(
+    "drift_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("report_id", sa.Integer, sa.ForeignKey("drift_reports.id"), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("consumed_by_dag_id", sa.String(250), nullable=True),
+    sa.Column("consumed_by_run_id", sa.String(250), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
 _lock = threading.Lock()
@@ -168,9 +212,7 @@ class ModelState:
 
 def read_state(model: str, url: str | None = None) -> ModelState:
     with engine(url).connect() as conn:
-        row = conn.execute(
-            sa.select(model_state).where(model_state.c.model == model)
-        ).one_or_none()
+        row = conn.execute(sa.select(model_state).where(model_state.c.model == model)).one_or_none()
     if row is None:
         return ModelState(model, None, 0)
     return ModelState(model, row.champion_version, row.generation)
@@ -280,3 +322,123 @@ def validation_log(model: str, *, limit: int = 50, url: str | None = None) -> li
             .limit(limit)
         ).mappings()
         return [dict(row) for row in rows]
+
+
+# --- drift reports and events ---------------------------------------------------------------
+
+
+def record_drift_report(*, url: str | None = None, **values: Any) -> int:
+    with engine(url).begin() as conn:
+        result = conn.execute(drift_reports.insert().values(created_at=_now(), **values))
+        return int(result.inserted_primary_key[0])
+
+
+def drift_report_log(
+    model: str, *, limit: int = 20, url: str | None = None
+) -> list[dict[str, Any]]:
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(drift_reports)
+            .where(drift_reports.c.model == model)
+            .order_by(drift_reports.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def create_drift_event(
+    *,
+    model: str,
+    source: str,
+    payload: dict[str, Any],
+    status: str = "new",
+    report_id: int | None = None,
+    reason: str = "",
+    url: str | None = None,
+) -> int:
+    """Append a drift event. Outside systems insert rows with status ``new`` themselves."""
+    if status not in EVENT_STATUSES:
+        raise DriftlineError(f"drift event status {status!r} is not one of {EVENT_STATUSES}")
+    now = _now()
+    with engine(url).begin() as conn:
+        result = conn.execute(
+            drift_events.insert().values(
+                created_at=now,
+                model=model,
+                source=source,
+                payload=payload,
+                report_id=report_id,
+                status=status,
+                status_reason=reason,
+                updated_at=now,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def new_drift_events(model: str | None = None, *, url: str | None = None) -> list[dict[str, Any]]:
+    """Events still in status ``new`` (oldest first), for one model or all."""
+    query = sa.select(drift_events).where(drift_events.c.status == "new")
+    if model is not None:
+        query = query.where(drift_events.c.model == model)
+    with engine(url).connect() as conn:
+        return [dict(row) for row in conn.execute(query.order_by(drift_events.c.id)).mappings()]
+
+
+def transition_event(
+    event_id: int,
+    *,
+    from_statuses: tuple[str, ...],
+    to_status: str,
+    reason: str = "",
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    url: str | None = None,
+) -> bool:
+    """Guarded status change; False when the event is not in one of ``from_statuses``."""
+    if to_status not in EVENT_STATUSES:
+        raise DriftlineError(f"drift event status {to_status!r} is not one of {EVENT_STATUSES}")
+    values: dict[str, Any] = {"status": to_status, "status_reason": reason, "updated_at": _now()}
+    if dag_id is not None:
+        values.update(consumed_by_dag_id=dag_id, consumed_by_run_id=run_id)
+    with engine(url).begin() as conn:
+        result = conn.execute(
+            drift_events.update()
+            .where(drift_events.c.id == event_id, drift_events.c.status.in_(from_statuses))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+
+def drift_event(event_id: int, *, url: str | None = None) -> dict[str, Any] | None:
+    with engine(url).connect() as conn:
+        row = (
+            conn.execute(sa.select(drift_events).where(drift_events.c.id == event_id))
+            .mappings()
+            .one_or_none()
+        )
+        return dict(row) if row else None
+
+
+def drift_event_log(
+    model: str | None = None,
+    *,
+    statuses: tuple[str, ...] | None = None,
+    limit: int = 50,
+    url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first."""
+    query = sa.select(drift_events)
+    if model is not None:
+        query = query.where(drift_events.c.model == model)
+    if statuses:
+        query = query.where(drift_events.c.status.in_(statuses))
+    with engine(url).connect() as conn:
+        rows = conn.execute(query.order_by(drift_events.c.id.desc()).limit(limit)).mappings()
+        return [dict(row) for row in rows]
+
+
+def last_consumed_event(model: str, *, url: str | None = None) -> dict[str, Any] | None:
+    """The newest event a retrain run consumed (what the cooldown counts from)."""
+    rows = drift_event_log(model, statuses=("consumed",), limit=1, url=url)
+    return rows[0] if rows else None

@@ -121,9 +121,7 @@ def _compatible(actual: pa.DataType, wanted: pa.DataType) -> bool:
     if actual == wanted:
         return True
     return (
-        pa.types.is_timestamp(actual)
-        and pa.types.is_timestamp(wanted)
-        and actual.tz == wanted.tz
+        pa.types.is_timestamp(actual) and pa.types.is_timestamp(wanted) and actual.tz == wanted.tz
     )
 
 

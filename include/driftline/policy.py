@@ -13,7 +13,13 @@ from typing import Any
 
 from driftline.specs import PromotionSpec
 
-HIGHER_IS_BETTER = {"pr_auc": True, "roc_auc": True, "recall_at_fpr": True, "log_loss": False, "brier": False}
+HIGHER_IS_BETTER = {
+    "pr_auc": True,
+    "roc_auc": True,
+    "recall_at_fpr": True,
+    "log_loss": False,
+    "brier": False,
+}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,9 @@ class PromotionResult:
         return asdict(self)
 
 
-def _already_done(model: str, action: str, version: str, context: RunContext, url: str | None) -> bool:
+def _already_done(
+    model: str, action: str, version: str, context: RunContext, url: str | None
+) -> bool:
     return any(
         row["action"] == action
         and row["challenger_version"] == version
@@ -112,14 +114,18 @@ def promote(
             run_id=context.run_id,
             url=url,
         )
-        registry.set_tags(model, version, {"decision": "aborted", "decision_reasons": message}, settings)
+        registry.set_tags(
+            model, version, {"decision": "aborted", "decision_reasons": message}, settings
+        )
         raise ChampionMoved(message)
 
     mlflow_client = registry.client(settings)
     previous_alias = registry.alias_version(model, registry.PREVIOUS_CHAMPION, settings)
     try:
         if expected_champion is not None:
-            mlflow_client.set_registered_model_alias(model, registry.PREVIOUS_CHAMPION, expected_champion)
+            mlflow_client.set_registered_model_alias(
+                model, registry.PREVIOUS_CHAMPION, expected_champion
+            )
         mlflow_client.set_registered_model_alias(model, registry.CHAMPION, version)
     except Exception as exc:
         _restore(model, expected_champion, previous_alias, version, settings)
@@ -153,7 +159,9 @@ def promote(
         settings,
     )
     if expected_champion is not None:
-        registry.set_tags(model, expected_champion, {"superseded_by": version, "superseded_at": now}, settings)
+        registry.set_tags(
+            model, expected_champion, {"superseded_by": version, "superseded_at": now}, settings
+        )
     monitoring.append_audit(
         model=model,
         action=action,
@@ -189,7 +197,10 @@ def _restore(
             mlflow_client.set_registered_model_alias(model, registry.PREVIOUS_CHAMPION, previous)
     finally:
         monitoring.compare_and_set_champion(
-            model=model, expected=claimed, new=champion, actor="rollback-of-failed-promotion",
+            model=model,
+            expected=claimed,
+            new=champion,
+            actor="rollback-of-failed-promotion",
             url=settings.monitoring_db_url,
         )
 

@@ -72,9 +72,10 @@ def experiment_id(name: str, settings: Settings | None = None) -> str:
 
 def _not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
-    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST") and "not found" in str(
-        exc
-    ).lower()
+    return (
+        code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+        and "not found" in str(exc).lower()
+    )
 
 
 def alias_version(model: str, alias: str, settings: Settings | None = None) -> str | None:
@@ -128,7 +129,9 @@ def find_version_by_tag(
     return str(versions[0].version) if versions else None
 
 
-def set_tags(model: str, version: str, tags: dict[str, Any], settings: Settings | None = None) -> None:
+def set_tags(
+    model: str, version: str, tags: dict[str, Any], settings: Settings | None = None
+) -> None:
     mlflow_client = client(settings)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(model, version, key, str(value))

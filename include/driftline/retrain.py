@@ -65,7 +65,7 @@ def validate(
         window,
         source=f"{fingerprint.offline_dir} via feature service {spec.feature_service}",
     )
-    json_path, html_path = report.write(path)
+    _json_path, html_path = report.write(path)
     monitoring.record_validation(
         model=model,
         passed=report.passed,

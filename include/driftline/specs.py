@@ -67,12 +67,21 @@ class DriftSpec(_Strict):
     categorical_method: str = "jensenshannon"
     categorical_threshold: float = Field(0.1, gt=0)
     drift_share: float = Field(0.3, gt=0, le=1)
-    prediction_threshold: float = Field(0.1, gt=0)
-    # performance decay: alert when the primary metric falls this far below training time
+    # the champion's score distribution: PSI is robust to the long tail of fraud scores
+    prediction_method: str = "psi"
+    prediction_threshold: float = Field(0.2, gt=0)
+    # performance decay: alert when the primary metric falls this far below training time,
+    # measured on the newest performance_window_days whose labels have matured
     max_metric_drop: float = Field(0.1, ge=0)
+    performance_window_days: int = Field(3, ge=1)
     min_labeled_rows: int = Field(500, ge=1)
+    # fewer positives than this make a PR-AUC estimate too noisy to call decay
+    min_labeled_positives: int = Field(50, ge=1)
     sample_rows: int = Field(50_000, ge=1000)
+    # at most one drift-triggered retrain per cooldown; later events are suppressed, recorded
     cooldown_hours: float = Field(24, ge=0)
+    # how often the AssetWatcher polls the monitoring store for new drift events
+    event_poll_seconds: float = Field(5.0, gt=0)
 
 
 class TrainingSpec(_Strict):

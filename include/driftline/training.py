@@ -60,11 +60,14 @@ def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
     )
 
 
-def model_inputs(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The model's input columns in spec order: numbers as float64, categories as pandas
-    categoricals over the spec's fixed category list (unknown values become missing)."""
+def model_inputs(
+    frame: pd.DataFrame, spec: ModelSpec, names: list[str] | None = None
+) -> pd.DataFrame:
+    """The model's input columns (default: the spec's, in spec order): numbers as float64,
+    categories as pandas categoricals over the spec's fixed category list (unknown values
+    become missing)."""
     columns = {}
-    for name in spec.feature_names:
+    for name in names or spec.feature_names:
         if name in spec.categorical:
             columns[name] = pd.Categorical(
                 frame[name].astype("object"), categories=list(spec.categorical[name])
@@ -79,7 +82,12 @@ def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
 
     if frame.empty:
         return np.array([], dtype=float)
-    matrix = xgb.DMatrix(model_inputs(frame, spec), enable_categorical=True)
+    # a version trained under an older spec still reads the columns it was trained on
+    names = list(booster.feature_names or spec.feature_names)
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise DriftlineError(f"cannot score: the data lacks the model's input columns {missing}")
+    matrix = xgb.DMatrix(model_inputs(frame, spec, names), enable_categorical=True)
     return booster.predict(matrix)
 
 
@@ -189,8 +197,14 @@ def train(
     if existing is not None:
         info = registry.version_info(model, existing, settings)
         registry.client(settings).set_registered_model_alias(model, registry.CHALLENGER, existing)
-        log.info("run %s already registered %s version %s; reusing it", context.key, model, existing)
-        stored = {k.removeprefix("holdout_"): float(v) for k, v in info.tags.items() if k.startswith("holdout_")}
+        log.info(
+            "run %s already registered %s version %s; reusing it", context.key, model, existing
+        )
+        stored = {
+            k.removeprefix("holdout_"): float(v)
+            for k, v in info.tags.items()
+            if k.startswith("holdout_")
+        }
         return TrainResult(existing, info.run_id, stored, reused=True)
 
     fingerprint = read_fingerprint(run_dir)
@@ -200,7 +214,9 @@ def train(
     booster = fit(spec, split)
 
     holdout_metrics = metrics(
-        split.holdout[spec.label].to_numpy(), predict(booster, split.holdout, spec), spec.training.target_fpr
+        split.holdout[spec.label].to_numpy(),
+        predict(booster, split.holdout, spec),
+        spec.training.target_fpr,
     )
     validation_metrics = metrics(
         split.validation[spec.label].to_numpy(),
@@ -238,9 +254,7 @@ def train(
                 "num_boost_round": spec.training.num_boost_round,
                 "early_stopping_rounds": spec.training.early_stopping_rounds,
                 "seed": spec.training.seed,
-                "window_days": round(
-                    (window.end - window.start).total_seconds() / 86400, 3
-                ),
+                "window_days": round((window.end - window.start).total_seconds() / 86400, 3),
                 "validation_days": spec.training.validation_days,
                 "holdout_days": spec.training.holdout_days,
                 "train_rows": len(split.train),
@@ -286,6 +300,9 @@ def train(
         version,
     )
     (run_dir / "train.json").write_text(
-        json.dumps({"version": version, "mlflow_run_id": mlflow_run_id, "metrics": holdout_metrics}, indent=2)
+        json.dumps(
+            {"version": version, "mlflow_run_id": mlflow_run_id, "metrics": holdout_metrics},
+            indent=2,
+        )
     )
     return TrainResult(version, mlflow_run_id, holdout_metrics)

@@ -88,7 +88,9 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_feature_partitions(store: Any, spec: ModelSpec, window: Window, offline_dir: Path) -> None:
+def _check_feature_partitions(
+    store: Any, spec: ModelSpec, window: Window, offline_dir: Path
+) -> None:
     """Every partition a feature view may read for this window must have its schema."""
     from driftline.feature_store import offline_table
 

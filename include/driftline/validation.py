@@ -156,7 +156,11 @@ def _frame_checks(
     for name in spec.feature_names:
         series = frame[name]
         if name in categorical:
-            ok = pd.api.types.is_object_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(series)
+            ok = (
+                pd.api.types.is_object_dtype(series)
+                or isinstance(series.dtype, pd.CategoricalDtype)
+                or pd.api.types.is_string_dtype(series)
+            )
         else:
             ok = _is_numeric(series)
         if not ok:
@@ -182,7 +186,9 @@ def _frame_checks(
         checks.add(f"finite[{name}]", infinite == 0, infinite, "0 infinite values")
 
     for name, allowed in categorical.items():
-        if not (pd.api.types.is_object_dtype(frame[name]) or pd.api.types.is_string_dtype(frame[name])):
+        if not (
+            pd.api.types.is_object_dtype(frame[name]) or pd.api.types.is_string_dtype(frame[name])
+        ):
             continue
         unknown = sorted(set(frame[name].dropna().astype(str)) - set(allowed))
         checks.add(
@@ -257,7 +263,9 @@ def _labeled_checks(checks: _Checks, spec: ModelSpec, frame: pd.DataFrame, windo
     rate = positives / len(frame) if len(frame) else 0.0
     low, high = rules.label_rate
     checks.add("label_rate", low <= rate <= high, rate, f"in [{low}, {high}]")
-    checks.add("positives", positives >= rules.min_positives, positives, f">= {rules.min_positives}")
+    checks.add(
+        "positives", positives >= rules.min_positives, positives, f">= {rules.min_positives}"
+    )
 
     window_days = pd.date_range(window.start, window.end, freq="D", inclusive="left").date
     present = set(pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.date)
@@ -308,7 +316,12 @@ def validate(
     if _frame_checks(training_checks, spec, training, window, labeled=True):
         _labeled_checks(training_checks, spec, training, window)
     else:
-        training_checks.add("row_count", len(training) >= spec.validation.min_rows, len(training), f">= {spec.validation.min_rows}")
+        training_checks.add(
+            "row_count",
+            len(training) >= spec.validation.min_rows,
+            len(training),
+            f">= {spec.validation.min_rows}",
+        )
     report.checks.extend(training_checks.items)
     if len(recent):
         recent_checks = _Checks("recent")

@@ -13,9 +13,23 @@ def triggered_by(dag_run: Any) -> str:
     if run_type == "manual":
         return f"user:{dag_run.triggering_user_name or 'unknown'}"
     if run_type == "asset_triggered":
-        uris = sorted({event.asset.uri for event in dag_run.consumed_asset_events or []})
-        return "asset:" + (",".join(uris) or "unknown")
+        events = asset_events(dag_run)
+        uris = sorted({event["uri"] for event in events})
+        return f"asset:{','.join(uris) or 'unknown'} ({len(events)} event(s))"
     return run_type
+
+
+def asset_events(dag_run: Any) -> list[dict[str, Any]]:
+    """The asset events that started a run, as plain dicts."""
+    return [
+        {
+            "uri": event.asset.uri,
+            "extra": dict(event.extra or {}),
+            "timestamp": event.timestamp.isoformat(),
+            "source": event.source_dag_id or "api",
+        }
+        for event in dag_run.consumed_asset_events or []
+    ]
 
 
 def run_context(context: Any) -> RunContext:

@@ -41,7 +41,9 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-def _rewrite(home: Path, table: str, day: datetime | None, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+def _rewrite(
+    home: Path, table: str, day: datetime | None, change: Callable[[pd.DataFrame], pd.DataFrame]
+) -> None:
     days = offline.list_days(home / "offline", table)
     target = day.date() if day else days[-1]
     path = offline.partition_path(home / "offline", table, target)
@@ -62,7 +64,9 @@ def restore(state: Path) -> Iterator[Path]:
 
 
 def _run(name: str, **kwargs) -> None:
-    retrain.run_all(MODEL, as_of=kwargs.pop("as_of", AS_OF), context=RunContext(run_id=name), **kwargs)
+    retrain.run_all(
+        MODEL, as_of=kwargs.pop("as_of", AS_OF), context=RunContext(run_id=name), **kwargs
+    )
 
 
 def _nothing_changed() -> None:
@@ -78,13 +82,58 @@ IN_WINDOW = datetime(2026, 1, 20, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("case", "table", "day", "change", "message"),
     [
-        ("missing feature column", "card_features", NEWEST, lambda f: f.drop(columns=["card_txn_count_1h"]), r"schema change in offline partition .*card_features/date=2026-02-09/part-0\.parquet: missing columns \['card_txn_count_1h'\]"),
-        ("wrong dtype", "transactions", IN_WINDOW, lambda f: f.assign(amount=f["amount"].astype(str)), r"date=2026-01-20/part-0\.parquet: changed types \['amount: string \(expected double\)'\]"),
-        ("all-null column", "transactions", NEWEST, lambda f: f.assign(distance_from_home_km=float("nan")), r"recent\.null_rate\[distance_from_home_km\]: observed 0\.1\d+, threshold <= 0\.02"),
-        ("infinite values", "transactions", NEWEST, lambda f: f.assign(amount=f["amount"].where(f.index % 20 != 0, float("inf"))), r"recent\.finite\[amount\]: observed \d+, threshold 0 infinite values"),
-        ("duplicate rows", "transactions", NEWEST, lambda f: pd.concat([f, f.head(25)]), r"recent\.duplicate_keys: observed 25"),
-        ("future timestamps", "transactions", NEWEST, lambda f: f.assign(event_timestamp=f["event_timestamp"] + pd.Timedelta(days=60), label_available_at=f["label_available_at"] + pd.Timedelta(days=60)), r"recent\.no_future_timestamps: observed \d+, threshold 0 rows after the as-of time"),
-        ("schema change", "transactions", NEWEST, lambda f: f.assign(loyalty_tier="gold"), r"unexpected columns \['loyalty_tier'\]"),
+        (
+            "missing feature column",
+            "card_features",
+            NEWEST,
+            lambda f: f.drop(columns=["card_txn_count_1h"]),
+            r"schema change in offline partition .*card_features/date=2026-02-09/part-0\.parquet: missing columns \['card_txn_count_1h'\]",
+        ),
+        (
+            "wrong dtype",
+            "transactions",
+            IN_WINDOW,
+            lambda f: f.assign(amount=f["amount"].astype(str)),
+            r"date=2026-01-20/part-0\.parquet: changed types \['amount: string \(expected double\)'\]",
+        ),
+        (
+            "all-null column",
+            "transactions",
+            NEWEST,
+            lambda f: f.assign(distance_from_home_km=float("nan")),
+            r"recent\.null_rate\[distance_from_home_km\]: observed 0\.1\d+, threshold <= 0\.02",
+        ),
+        (
+            "infinite values",
+            "transactions",
+            NEWEST,
+            lambda f: f.assign(amount=f["amount"].where(f.index % 20 != 0, float("inf"))),
+            r"recent\.finite\[amount\]: observed \d+, threshold 0 infinite values",
+        ),
+        (
+            "duplicate rows",
+            "transactions",
+            NEWEST,
+            lambda f: pd.concat([f, f.head(25)]),
+            r"recent\.duplicate_keys: observed 25",
+        ),
+        (
+            "future timestamps",
+            "transactions",
+            NEWEST,
+            lambda f: f.assign(
+                event_timestamp=f["event_timestamp"] + pd.Timedelta(days=60),
+                label_available_at=f["label_available_at"] + pd.Timedelta(days=60),
+            ),
+            r"recent\.no_future_timestamps: observed \d+, threshold 0 rows after the as-of time",
+        ),
+        (
+            "schema change",
+            "transactions",
+            NEWEST,
+            lambda f: f.assign(loyalty_tier="gold"),
+            r"unexpected columns \['loyalty_tier'\]",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and " " in v else "",
 )
@@ -98,7 +147,12 @@ def test_bad_partition(restore: Path, case, table, day, change, message) -> None
 
 def test_no_positive_labels(restore: Path) -> None:
     for day in offline.list_days(restore / "offline"):
-        _rewrite(restore, "transactions", datetime(day.year, day.month, day.day, tzinfo=UTC), lambda f: f.assign(is_fraud=0))
+        _rewrite(
+            restore,
+            "transactions",
+            datetime(day.year, day.month, day.day, tzinfo=UTC),
+            lambda f: f.assign(is_fraud=0),
+        )
     with pytest.raises(DriftlineError, match=r"training.positives: observed 0, threshold >= 30"):
         _run("no-positives")
     _nothing_changed()
@@ -108,8 +162,12 @@ def test_stale_features(restore: Path) -> None:
     # merchant snapshots stop after 2026-01-12: later rows find none within the 2-day TTL
     for day in offline.list_days(restore / "offline", "merchant_features"):
         if day > datetime(2026, 1, 12).date():
-            shutil.rmtree(offline.partition_path(restore / "offline", "merchant_features", day).parent)
-    with pytest.raises(DriftlineError, match=r"training.freshness\[merchant_features\]: observed 0\.\d+"):
+            shutil.rmtree(
+                offline.partition_path(restore / "offline", "merchant_features", day).parent
+            )
+    with pytest.raises(
+        DriftlineError, match=r"training.freshness\[merchant_features\]: observed 0\.\d+"
+    ):
         _run("stale")
     _nothing_changed()
 
@@ -122,7 +180,9 @@ def test_empty_training_window(state: Path) -> None:
 
 
 def test_too_few_rows(state: Path) -> None:
-    with pytest.raises(DriftlineError, match=r"training.row_count: observed \d+, threshold >= 5000"):
+    with pytest.raises(
+        DriftlineError, match=r"training.row_count: observed \d+, threshold >= 5000"
+    ):
         _run("few-rows", window_days=8)
     _nothing_changed()
 
@@ -134,7 +194,9 @@ def test_window_too_short_for_the_splits(state: Path) -> None:
 
 
 def test_unknown_model(state: Path) -> None:
-    with pytest.raises(DriftlineError, match=r"unknown model 'fraud_detecton'.*known: fraud_detection"):
+    with pytest.raises(
+        DriftlineError, match=r"unknown model 'fraud_detecton'.*known: fraud_detection"
+    ):
         retrain.run_all("fraud_detecton", as_of=AS_OF, context=RunContext(run_id="unknown"))
 
 

@@ -140,7 +140,9 @@ def test_corrupted_newest_partition_stops_at_validation(stack: Stack) -> None:
     frame.loc[::5, "channel"] = "telepathy"
     frame = pd.concat([frame, frame.head(40)])
     path.unlink()
-    offline.write_partition(stack.home / "offline", "transactions", newest, pa.Table.from_pandas(frame))
+    offline.write_partition(
+        stack.home / "offline", "transactions", newest, pa.Table.from_pandas(frame)
+    )
 
     versions, champion = stack.versions(), registry.alias_version(MODEL, registry.CHAMPION)
     try:
@@ -157,5 +159,8 @@ def test_corrupted_newest_partition_stops_at_validation(stack: Stack) -> None:
         assert check in output
     stored = monitoring.validation_log(MODEL)[0]
     assert not stored["passed"]
-    assert {c["name"] for c in stored["failed_checks"]} >= {"recent.range[amount]", "recent.duplicate_keys"}
+    assert {c["name"] for c in stored["failed_checks"]} >= {
+        "recent.range[amount]",
+        "recent.duplicate_keys",
+    }
     assert isinstance(newest, date)

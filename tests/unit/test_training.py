@@ -31,16 +31,25 @@ def test_time_splits_never_overlap_and_respect_order(frame: pd.DataFrame) -> Non
     assert set(split.train["transaction_id"]).isdisjoint(split.holdout["transaction_id"])
     holdout_days = split.holdout["event_timestamp"].dt.date.nunique()
     validation_days = split.validation["event_timestamp"].dt.date.nunique()
-    assert (holdout_days, validation_days) == (SPEC.training.holdout_days, SPEC.training.validation_days)
+    assert (holdout_days, validation_days) == (
+        SPEC.training.holdout_days,
+        SPEC.training.validation_days,
+    )
     assert split.holdout["event_timestamp"].max() < pd.Timestamp(window.end)
 
 
 def test_model_inputs_follow_the_spec(frame: pd.DataFrame) -> None:
-    inputs = model_inputs(frame.assign(channel=frame["channel"].replace("online", "telepathy")), SPEC)
+    inputs = model_inputs(
+        frame.assign(channel=frame["channel"].replace("online", "telepathy")), SPEC
+    )
     assert list(inputs.columns) == SPEC.feature_names
     assert list(inputs["channel"].cat.categories) == ["chip", "contactless", "online"]
-    assert inputs["channel"].isna().sum() == (frame["channel"] == "online").sum()  # unknown -> missing
-    assert all(inputs[c].dtype == "float64" for c in SPEC.feature_names if c not in SPEC.categorical)
+    assert (
+        inputs["channel"].isna().sum() == (frame["channel"] == "online").sum()
+    )  # unknown -> missing
+    assert all(
+        inputs[c].dtype == "float64" for c in SPEC.feature_names if c not in SPEC.categorical
+    )
 
 
 def test_training_is_deterministic_and_learns(frame: pd.DataFrame) -> None:
@@ -56,7 +65,9 @@ def test_training_is_deterministic_and_learns(frame: pd.DataFrame) -> None:
 def test_metrics_known_values() -> None:
     labels = np.array([0, 0, 1, 1])
     perfect = metrics(labels, np.array([0.1, 0.2, 0.8, 0.9]), 0.01)
-    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0 and perfect["recall_at_fpr"] == 1.0
+    assert (
+        perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0 and perfect["recall_at_fpr"] == 1.0
+    )
     inverted = metrics(labels, np.array([0.9, 0.8, 0.2, 0.1]), 0.01)
     assert inverted["roc_auc"] == 0.0
     with pytest.raises(DriftlineError, match="single class"):

@@ -27,10 +27,14 @@ def good(baseline_offline: Path) -> pd.DataFrame:
 
 def _run(frame: pd.DataFrame, recent: pd.DataFrame | None = None, spec=SPEC):
     window = window_of(spec, frame if len(frame) else GOOD_WINDOW_FRAME)
-    return validate(spec, frame, recent if recent is not None else frame.iloc[:0], window, source="test")
+    return validate(
+        spec, frame, recent if recent is not None else frame.iloc[:0], window, source="test"
+    )
 
 
-GOOD_WINDOW_FRAME = pd.DataFrame({"event_timestamp": pd.to_datetime(["2026-01-09", "2026-01-21"], utc=True)})
+GOOD_WINDOW_FRAME = pd.DataFrame(
+    {"event_timestamp": pd.to_datetime(["2026-01-09", "2026-01-21"], utc=True)}
+)
 
 
 def _failed(report) -> set[str]:
@@ -49,18 +53,41 @@ def test_good_frame_passes_every_check(good: pd.DataFrame) -> None:
     [
         (lambda f: f.drop(columns=["card_txn_count_1h"]), "training.required_columns"),
         (lambda f: f.assign(amount=f["amount"].astype(str)), "training.dtypes"),
-        (lambda f: f.assign(distance_from_home_km=np.nan), "training.null_rate[distance_from_home_km]"),
-        (lambda f: f.assign(amount=f["amount"].where(f.index % 10 != 0)), "training.null_rate[amount]"),
-        (lambda f: f.assign(amount=f["amount"].where(f.index % 50 != 0, np.inf)), "training.finite[amount]"),
+        (
+            lambda f: f.assign(distance_from_home_km=np.nan),
+            "training.null_rate[distance_from_home_km]",
+        ),
+        (
+            lambda f: f.assign(amount=f["amount"].where(f.index % 10 != 0)),
+            "training.null_rate[amount]",
+        ),
+        (
+            lambda f: f.assign(amount=f["amount"].where(f.index % 50 != 0, np.inf)),
+            "training.finite[amount]",
+        ),
         (lambda f: f.assign(amount=-f["amount"]), "training.range[amount]"),
         (lambda f: f.head(500), "training.row_count"),
         (lambda f: f.assign(is_fraud=0), "training.positives"),
         (lambda f: f.assign(is_fraud=(f.index % 3 == 0).astype(int)), "training.label_rate"),
-        (lambda f: f.assign(is_fraud=f["is_fraud"].where(f.index % 7 != 0)), "training.label_present"),
+        (
+            lambda f: f.assign(is_fraud=f["is_fraud"].where(f.index % 7 != 0)),
+            "training.label_present",
+        ),
         (lambda f: pd.concat([f, f.head(50)]), "training.duplicate_keys"),
-        (lambda f: f.assign(channel=f["channel"].replace("online", "telepathy")), "training.categories[channel]"),
+        (
+            lambda f: f.assign(channel=f["channel"].replace("online", "telepathy")),
+            "training.categories[channel]",
+        ),
         (lambda f: f.assign(card_amount_max_7d=f["is_fraud"] * 1000.0), "training.leakage"),
-        (lambda f: f.assign(merchant_txn_count_7d=np.nan, merchant_amount_mean_7d=np.nan, merchant_fraud_rate_30d=np.nan, merchant_labeled_txn_30d=np.nan), "training.freshness[merchant_features]"),
+        (
+            lambda f: f.assign(
+                merchant_txn_count_7d=np.nan,
+                merchant_amount_mean_7d=np.nan,
+                merchant_fraud_rate_30d=np.nan,
+                merchant_labeled_txn_30d=np.nan,
+            ),
+            "training.freshness[merchant_features]",
+        ),
         (lambda f: f[f["event_timestamp"].dt.day % 2 == 0], "training.window_coverage"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
@@ -87,7 +114,9 @@ def test_timestamps_in_the_future_are_caught_in_recent_rows(good: pd.DataFrame) 
 
 def test_empty_training_window(good: pd.DataFrame) -> None:
     report = _run(good.iloc[:0])
-    assert {"training.row_count", "training.positives", "training.window_coverage"} <= _failed(report)
+    assert {"training.row_count", "training.positives", "training.window_coverage"} <= _failed(
+        report
+    )
 
 
 def test_every_failed_check_is_named_at_once(good: pd.DataFrame) -> None:

@@ -9,7 +9,9 @@ config = context.config
 url = config.get_main_option("sqlalchemy.url")
 
 if context.is_offline_mode():
-    context.configure(url=url, target_metadata=metadata, literal_binds=True, version_table=VERSION_TABLE)
+    context.configure(
+        url=url, target_metadata=metadata, literal_binds=True, version_table=VERSION_TABLE
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -1,0 +1,105 @@
+"""
+### <model>_drift_monitor
+
+Watches the champion for drift, nightly. One DAG per model spec in `include/models/`
+(`fraud_detection_drift_monitor` for the shipped example).
+
+**Triggered by** the spec's nightly cron (`schedule.drift_monitor`), or by hand.
+
+**Tasks**
+1. `check_drift` — compares the current window (the newest `drift.current_window_days` of
+   arriving transactions, with their Feast features) against the champion version's
+   reference sample: Evidently per-column drift with the spec's method and threshold per
+   column type, the champion's score distribution (prediction drift), and — where labels
+   have matured — the champion's primary metric against its training holdout (performance
+   decay). The report goes into the monitoring store and, as HTML, into the MLflow
+   experiment `<model>_monitoring`.
+   - No champion yet: the task says so and is skipped; the run succeeds.
+   - No rows, missing or all-null columns: the task fails with the reason. Bad data is not
+     drift: no drift event is raised.
+2. `drift_detected` — continues only on a drift verdict.
+3. `announce_drift` — updates the asset `drift://<model>` with the summary (share drifted,
+   top features, reasons, report URI, drift event id). That asset event starts
+   `<model>_retrain`.
+
+**Params**
+- `as_of` — evaluate as of this date (YYYY-MM-DD); empty means the run's data interval end.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from driftline_airflow.assets import drift_asset
+
+from driftline.specs import ModelSpec, load_specs
+
+DOC = __doc__
+
+
+def build_drift_monitor_dag(spec: ModelSpec) -> Any:
+    model = spec.name
+    asset = drift_asset(model)
+
+    @dag(
+        dag_id=f"{model}_drift_monitor",
+        schedule=CronTriggerTimetable(spec.schedule.drift_monitor, timezone="UTC"),
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=30)},
+        tags=["driftline", "monitoring", model, *spec.tags],
+        doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
+        params={
+            "as_of": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                title="As-of date",
+                description="YYYY-MM-DD; empty = the run's data interval end.",
+            ),
+        },
+    )
+    def drift_monitor() -> None:
+        @task
+        def check_drift(data_interval_end: datetime | None = None) -> dict[str, Any]:
+            from driftline_airflow.context import run_context
+
+            from driftline.drift import NoChampion, monitor
+            from driftline.errors import DriftlineError
+
+            context = get_current_context()
+            as_of = context["params"].get("as_of")
+            moment = (
+                datetime.fromisoformat(as_of).replace(tzinfo=UTC)
+                if as_of
+                else data_interval_end or datetime.now(UTC)
+            )
+            try:
+                result = monitor(spec, as_of=moment, context=run_context(context))
+            except NoChampion as nothing:
+                raise AirflowSkipException(str(nothing)) from None
+            except DriftlineError as bad_data:
+                raise AirflowFailException(str(bad_data)) from None
+            return result.event_extra()
+
+        @task.short_circuit
+        def drift_detected(summary: dict[str, Any]) -> bool:
+            return summary["verdict"] == "drift"
+
+        @task(outlets=[asset])
+        def announce_drift(summary: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
+            outlet_events[asset].extra = summary
+            return summary
+
+        summary = check_drift()
+        drift_detected(summary) >> announce_drift(summary)
+
+    return drift_monitor()
+
+
+for _spec in load_specs():
+    build_drift_monitor_dag(_spec)

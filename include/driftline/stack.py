@@ -1,0 +1,309 @@
+"""The local stack: Airflow's components (and the MLflow UI) as background processes.
+
+``driftline up`` / ``make up`` start them, ``driftline down`` / ``make down`` stop exactly
+what was started — by the process-group ids recorded in ``$DRIFTLINE_HOME/run/stack.json``,
+never by process name. Tests use the same class with a temporary state directory.
+
+Access: no anonymous access. Airflow's simple auth manager gets two accounts, ``admin``
+(role admin) and ``operator`` (role user: may trigger and clear runs, may not administer —
+connections, variables, pools stay out of reach). Their passwords are generated on the
+first start and kept in a git-ignored file in the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from driftline.errors import DriftlineError
+from driftline.settings import Settings, get_settings
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+USERS = {"admin": "admin", "operator": "user"}
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """Airflow (and optionally the MLflow UI) for one state directory."""
+
+    settings: Settings = field(default_factory=get_settings)
+    port: int = 8080
+    mlflow_port: int | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.home / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.settings.airflow_home / "passwords.json"
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    @property
+    def mlflow_url(self) -> str | None:
+        return f"http://localhost:{self.mlflow_port}" if self.mlflow_port else None
+
+    def env(self) -> dict[str, str]:
+        """Environment of every process of the stack."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+        env.update(self.settings.airflow_env())
+        airflow_db = self.settings.airflow_home / "airflow.db"
+        env.update(
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_db}"
+                ),
+                "AIRFLOW__CORE__EXECUTOR": os.environ.get(
+                    "AIRFLOW__CORE__EXECUTOR", "LocalExecutor"
+                ),
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                    f"{u}:{r}" for u, r in USERS.items()
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                # new DAG files appear within 30 s instead of the default 5 minutes
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
+        if self.mlflow_url:
+            env["DRIFTLINE_MLFLOW_UI"] = self.mlflow_url
+        env.update(self.extra_env)
+        return env
+
+    def airflow(
+        self, *args: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an ``airflow`` CLI command in the stack's environment."""
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("airflow")), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise DriftlineError(
+                f"airflow {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}"
+            )
+        return result
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def recorded(self) -> dict[str, Any]:
+        if not self.state_file.is_file():
+            return {}
+        return json.loads(self.state_file.read_text())
+
+    def running(self) -> dict[str, int]:
+        """Recorded components whose process group is still alive."""
+        alive = {}
+        for name, pgid in self.recorded().get("processes", {}).items():
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                continue
+            alive[name] = pgid
+        return alive
+
+    def check_ports(self) -> None:
+        ports = {"AIRFLOW_PORT": self.port}
+        if self.mlflow_port:
+            ports["MLFLOW_PORT"] = self.mlflow_port
+        for variable, port in ports.items():
+            if not port_is_free(port):
+                raise DriftlineError(
+                    f"port {port} is already in use; free it or choose another with "
+                    f"{variable}=<port> (e.g. `{variable}={port + 1} make up`)"
+                )
+
+    def migrate(self) -> None:
+        self.settings.airflow_home.mkdir(parents=True, exist_ok=True)
+        self.airflow("db", "migrate")
+
+    def start(self, components: tuple[str, ...] = AIRFLOW_COMPONENTS) -> dict[str, int]:
+        """Start the components in the background (one process group each) and record them."""
+        if self.running():
+            raise DriftlineError(
+                f"a stack is already running for {self.settings.home} "
+                f"({', '.join(self.running())}); `driftline down` stops it"
+            )
+        self.check_ports()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        processes: dict[str, int] = {}
+        commands = {
+            name: [str(Path(sys.executable).with_name("airflow")), name] for name in components
+        }
+        if self.mlflow_port:
+            commands["mlflow-ui"] = [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                self.settings.mlflow_tracking_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+            ]
+        try:
+            for name, command in commands.items():
+                log = (self.log_dir / f"{name}.log").open("ab")
+                process = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                processes[name] = process.pid  # a new session: pid == process group id
+        finally:
+            self.state_file.write_text(
+                json.dumps(
+                    {"processes": processes, "port": self.port, "mlflow_port": self.mlflow_port},
+                    indent=2,
+                )
+            )
+        return processes
+
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Stop every recorded process group: SIGTERM, then SIGKILL after ``timeout``."""
+        stopped = []
+        groups = self.recorded().get("processes", {})
+        for name, pgid in groups.items():
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                stopped.append(name)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + timeout
+        for pgid in groups.values():
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.2)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    # --- health and access ------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def wait_healthy(
+        self,
+        timeout: float = 240,
+        components: tuple[str, ...] = ("scheduler", "triggerer", "dag_processor"),
+    ) -> dict[str, Any]:
+        """Wait until the API answers and the components report healthy."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            for name in self.recorded().get("processes", {}):
+                if name not in self.running():
+                    tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise DriftlineError(f"{name} exited during start-up; its log ends:\n{tail}")
+            last = self.health()
+            if last and all(
+                (last.get(component) or {}).get("status") == "healthy" for component in components
+            ):
+                return last
+            time.sleep(2)
+        raise DriftlineError(
+            f"the stack at {self.url} did not become healthy in {timeout:.0f} s: {last}"
+        )
+
+    def password(self, user: str) -> str:
+        if not self.passwords_file.is_file():
+            raise DriftlineError(
+                f"no passwords yet at {self.passwords_file}; start the stack first"
+            )
+        return json.loads(self.passwords_file.read_text())[user]
+
+    def token(self, user: str = "admin", password: str | None = None) -> str:
+        body = json.dumps({"username": user, "password": password or self.password(user)}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["access_token"]
+
+    def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        """A JSON request to the REST API; returns (status, decoded body)."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                return error.code, json.loads(raw)
+            except ValueError:
+                return error.code, raw.decode(errors="replace")

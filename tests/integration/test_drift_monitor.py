@@ -1,0 +1,178 @@
+"""The drift monitor on the generator's scenarios, with a real Feast store, a real MLflow
+registry and the real monitoring store. One champion is trained on baseline data; each
+scenario continues the same world in its own offline store."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from driftline import monitoring, offline, registry, retrain
+from driftline.datagen import SCENARIO_MOVES, WATCHED_COLUMNS, generate
+from driftline.drift import NoChampion, _features, column_drift, current_window, monitor
+from driftline.errors import DriftlineError
+from driftline.evaluation import load_reference
+from driftline.feature_store import apply_repo
+from driftline.lineage import RunContext
+from driftline.settings import get_settings
+from driftline.specs import load_spec
+from tests.conftest import WORLD, WORLD_DAYS, isolate_environment
+
+MODEL = "fraud_detection"
+CHAMPION_AS_OF = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=WORLD_DAYS)
+SCENARIO_DAYS = {"baseline": 3, "covariate_shift": 3, "concept_drift": 10}
+
+
+@dataclass
+class World:
+    home: Path
+    patch: pytest.MonkeyPatch
+
+    def use(self, scenario: str) -> datetime:
+        """Point the settings at the scenario's own offline store and Feast registry
+        (MLflow and the monitoring store stay shared); returns the day after its data."""
+        self.patch.setenv("DRIFTLINE_OFFLINE_DIR", str(self.home / f"offline_{scenario}"))
+        self.patch.setenv("DRIFTLINE_FEAST_REGISTRY", str(self.home / f"registry_{scenario}.db"))
+        self.patch.setenv("DRIFTLINE_FEAST_ONLINE_PATH", str(self.home / f"online_{scenario}.db"))
+        newest = offline.list_days(self.home / f"offline_{scenario}")[-1]
+        return datetime(newest.year, newest.month, newest.day, tzinfo=UTC) + timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, world_offline: Path) -> Iterator[World]:
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("drift") / "state"
+        home.mkdir()
+        isolate_environment(patch, home)
+        found = World(home, patch)
+        for scenario, days in SCENARIO_DAYS.items():
+            shutil.copytree(world_offline, home / f"offline_{scenario}")
+            found.use(scenario)
+            generate(
+                offline_dir=home / f"offline_{scenario}", days=days, scenario=scenario, **WORLD
+            )
+            apply_repo()
+        found.use("baseline")
+        with pytest.raises(NoChampion, match="has no champion yet; nothing to monitor"):
+            monitor(load_spec(MODEL), as_of=CHAMPION_AS_OF, context=RunContext(run_id="early"))
+        retrain.run_all(MODEL, as_of=CHAMPION_AS_OF, context=RunContext(run_id="champion"))
+        yield found
+
+
+def _monitor(world: World, scenario: str, run_id: str):
+    as_of = world.use(scenario)
+    return monitor(load_spec(MODEL), as_of=as_of, context=RunContext(dag_id="test", run_id=run_id))
+
+
+def _events() -> list[dict]:
+    return monitoring.drift_event_log(MODEL, url=get_settings().monitoring_db_url)
+
+
+def test_baseline_raises_no_event(world: World) -> None:
+    before = len(_events())
+    result = _monitor(world, "baseline", "baseline")
+    assert result.verdict == "no_drift", result.reasons
+    assert not set(result.drifted_columns) & set(WATCHED_COLUMNS)
+    assert not result.prediction["drifted"]
+    assert result.event_id is None and len(_events()) == before
+    stored = monitoring.drift_report_log(MODEL)[0]
+    assert (stored["id"], stored["verdict"]) == (result.report_id, "no_drift")
+
+
+def test_covariate_shift_drifts_exactly_the_moved_features(world: World) -> None:
+    result = _monitor(world, "covariate_shift", "covariate")
+    assert result.verdict == "drift"
+    for column in WATCHED_COLUMNS:
+        assert (column in result.drifted_columns) == (
+            column in SCENARIO_MOVES["covariate_shift"]
+        ), (
+            column,
+            result.columns[column],
+        )
+    assert result.reasons[0].startswith("data drift:")
+    event = monitoring.drift_event(result.event_id)
+    assert event["status"] == "emitted" and event["report_id"] == result.report_id
+    assert event["payload"]["share_drifted"] == pytest.approx(result.share_drifted, abs=1e-4)
+    assert set(event["payload"]["top_features"]) <= set(result.drifted_columns)
+    assert event["payload"]["report_uri"].startswith("runs:/")
+
+
+def test_concept_drift_is_seen_as_performance_decay(world: World) -> None:
+    result = _monitor(world, "concept_drift", "concept")
+    decay = result.performance
+    assert decay["decayed"], decay
+    assert decay["current_value"] < decay["training_value"] - 0.1
+    assert any(reason.startswith("performance decay: pr_auc") for reason in result.reasons)
+    # the inputs themselves barely move: concept drift is not covariate shift
+    assert not set(result.drifted_columns) & {"amount", "hour", "distance_from_home_km"}
+    assert result.event_id is not None
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "covariate_shift", "concept_drift"])
+def test_sampled_verdicts_match_full_data(world: World, scenario: str) -> None:
+    spec = load_spec(MODEL)
+    as_of = world.use(scenario)
+    reference = load_reference(MODEL, registry.alias_version(MODEL, registry.CHAMPION))
+    window = current_window(
+        spec.model_copy(update={"drift": spec.drift.model_copy(update={"current_window_days": 3})}),
+        as_of,
+        get_settings().offline_dir,
+    )
+    current = _features(spec, window, get_settings(), labeled=False)
+    full, _, _ = column_drift(spec, reference, current, sample_rows=10_000_000)
+    sampled, _, _ = column_drift(spec, reference, current, sample_rows=1_500)
+    assert len(reference) > 1_500 and len(current) > 1_500  # both sides are sampled
+    clear_cut = [
+        c for c, v in full.items() if abs(v["score"] - v["threshold"]) > 0.25 * v["threshold"]
+    ]
+    assert len(clear_cut) >= 8
+    assert {c: sampled[c]["drifted"] for c in clear_cut} == {
+        c: full[c]["drifted"] for c in clear_cut
+    }
+
+
+def test_bad_current_window_is_not_drift(world: World) -> None:
+    spec = load_spec(MODEL)
+    as_of = world.use("baseline")
+    newest = (as_of - timedelta(days=1)).date()
+    path = offline.partition_path(world.home / "offline_baseline", "transactions", newest)
+    original = pd.read_parquet(path)
+    before = len(_events())
+
+    def write(frame: pd.DataFrame) -> None:
+        pq.write_table(
+            pa.Table.from_pandas(frame, schema=offline.TRANSACTIONS_SCHEMA, preserve_index=False),
+            path,
+        )
+
+    try:
+        write(original.assign(channel=None))
+        with pytest.raises(
+            DriftlineError, match=r"all-null columns \['channel'\]; bad data is not drift"
+        ):
+            monitor(spec, as_of=as_of, context=RunContext(run_id="all-null"))
+        write(original.iloc[:0])
+        with pytest.raises(DriftlineError, match=r"has 0 rows; no drift verdict, no event"):
+            monitor(spec, as_of=as_of, context=RunContext(run_id="empty"))
+        original.drop(columns=["amount"]).to_parquet(path, index=False)
+        with pytest.raises(DriftlineError, match=r"schema change .* missing columns \['amount'\]"):
+            monitor(spec, as_of=as_of, context=RunContext(run_id="missing"))
+    finally:
+        write(original)
+    assert len(_events()) == before
+
+
+def test_no_data_before_as_of(world: World) -> None:
+    world.use("baseline")
+    with pytest.raises(DriftlineError, match="the current window has 0 rows"):
+        monitor(
+            load_spec(MODEL), as_of=datetime(2025, 1, 1, tzinfo=UTC), context=RunContext(run_id="x")
+        )
