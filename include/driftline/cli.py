@@ -117,6 +117,145 @@ def materialize(
         typer.echo(result.describe())
 
 
+def _as_of(value: str | None) -> datetime:
+    return _parse_moment(value, "--as-of") or datetime.now(UTC)
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"user:{getpass.getuser()}"
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Option(help="model spec name")] = "fraud_detection",
+    as_of: Annotated[str | None, typer.Option(help="as-of date or time (default: now)")] = None,
+    window_days: Annotated[int | None, typer.Option(help="days of matured labels")] = None,
+    dry_run: Annotated[bool, typer.Option(help="never move an alias")] = False,
+    reason: Annotated[str, typer.Option(help="recorded in the audit log")] = "",
+) -> None:
+    """Every retrain stage in one process: build, validate, train, evaluate, decide, promote."""
+    from driftline import retrain as stages
+    from driftline.lineage import RunContext
+
+    context = RunContext(
+        dag_id="cli",
+        run_id=f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+        triggered_by=_actor(),
+        reason=reason,
+        dry_run=dry_run,
+    )
+    try:
+        result = stages.run_all(
+            model, as_of=_as_of(as_of), context=context, window_days=window_days
+        )
+    except DriftlineError as exc:
+        _fail(str(exc))
+    decision = result["decision"]
+    typer.echo(f"{decision['outcome']}: challenger v{decision['challenger_version']} — ")
+    for line in decision["reasons"]:
+        typer.echo(f"  - {line}")
+    typer.echo(result["outcome"]["message"])
+
+
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Option(help="model spec name")] = "fraud_detection",
+    as_of: Annotated[str | None, typer.Option(help="as-of date or time (default: now)")] = None,
+) -> None:
+    """Run the drift monitor once (no asset event: that is the DAG's announce_drift)."""
+    from driftline.drift import monitor as run_monitor
+    from driftline.lineage import RunContext
+    from driftline.specs import load_spec
+
+    context = RunContext(run_id=f"monitor-{datetime.now(UTC):%Y%m%dT%H%M%S}", triggered_by=_actor())
+    try:
+        result = run_monitor(load_spec(model), as_of=_as_of(as_of), context=context)
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(f"{result.verdict}: " + ("; ".join(result.reasons) or "nothing drifted"))
+    for name, column in sorted(result.columns.items()):
+        flag = "DRIFT" if column["drifted"] else "ok"
+        typer.echo(
+            f"  {name:30} {column['method']:14} {column['score']:.3f} / {column['threshold']}  {flag}"
+        )
+    typer.echo(f"report: {result.report_uri}")
+
+
+@app.command("drift-event")
+def drift_event(
+    model: Annotated[str, typer.Option(help="model the drift concerns")] = "fraud_detection",
+    reason: Annotated[str, typer.Option(help="what was seen")] = "",
+    share_drifted: Annotated[
+        float | None, typer.Option(help="share of drifted features, 0..1")
+    ] = None,
+    feature: Annotated[list[str] | None, typer.Option(help="a drifted feature; repeatable")] = None,
+    source: Annotated[str, typer.Option(help="who reports it")] = "cli",
+) -> None:
+    """Report drift as an outside system would: a new row in the drift-event table.
+
+    The AssetWatcher of drift://MODEL picks it up and starts MODEL_retrain.
+    """
+    from driftline.events import payload_problem, raise_event
+
+    payload = {"reason": reason, "top_features": feature or []}
+    if share_drifted is not None:
+        payload["share_drifted"] = share_drifted
+    problem = payload_problem(payload)
+    if problem:
+        _fail(f"drift event payload rejected: {problem}")
+    event_id = raise_event(model, payload, source=source)
+    typer.echo(f"drift event {event_id} recorded for {model} (status new)")
+
+
+@app.command()
+def status(
+    model: Annotated[str | None, typer.Option(help="one model (default: every spec)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """The champion, the last decisions with their reasons, and the open drift events."""
+    from driftline.status import render
+    from driftline.status import status as collect
+
+    try:
+        statuses = collect(model)
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(statuses, indent=2, default=str) if as_json else render(statuses))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="the version to make champion")],
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")],
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+) -> None:
+    """Human override: promote a version (compare-and-set, audited like the DAG's)."""
+    from driftline.promotion import manual_promote
+
+    try:
+        result = manual_promote(model, version, reason=reason, actor=_actor())
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(result.message)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")],
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+) -> None:
+    """Human override: make previous_champion the champion again."""
+    from driftline.promotion import rollback as roll_back
+
+    try:
+        result = roll_back(model, reason=reason, actor=_actor())
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(result.message)
+
+
 @app.command()
 def settings(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show where driftline keeps its state."""

@@ -243,3 +243,72 @@ def record_rejection(
 
 def _v(version: str | None) -> str:
     return "none" if version is None else f"v{version}"
+
+
+def manual_promote(
+    model: str, version: str, *, reason: str, actor: str, settings: Settings | None = None
+) -> PromotionResult:
+    """A human override: make ``version`` champion, through the same compare-and-set and audit.
+
+    Refused, with the reason and nothing changed, for an unknown version, a version without
+    a passed validation on record, or the current champion.
+    """
+    settings = settings or get_settings()
+    if not reason.strip():
+        raise DriftlineError("a manual promotion needs --reason: it goes into the audit log")
+    info = registry.version_info(model, version, settings)
+    if info.tags.get("validation") != "passed":
+        raise DriftlineError(
+            f"refusing to promote {model} version {version}: it has no passed data validation "
+            f"on record (tag validation={info.tags.get('validation', 'missing')!r})"
+        )
+    current = registry.alias_version(model, registry.CHAMPION, settings)
+    if current == version:
+        raise DriftlineError(f"{model} version {version} is already the champion")
+    context = RunContext(
+        dag_id="cli",
+        run_id=f"manual-promote-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+        run_type="manual",
+        triggered_by=actor,
+        reason=reason,
+    )
+    return promote(
+        model,
+        version,
+        expected_champion=current,
+        context=context,
+        reasons=[f"manual promotion by {actor}: {reason}"],
+        actor=actor,
+        action="manual_promote",
+        settings=settings,
+    )
+
+
+def rollback(
+    model: str, *, reason: str, actor: str, settings: Settings | None = None
+) -> PromotionResult:
+    """Put ``previous_champion`` back as champion (compare-and-set, audited)."""
+    settings = settings or get_settings()
+    if not reason.strip():
+        raise DriftlineError("a rollback needs --reason: it goes into the audit log")
+    previous = registry.alias_version(model, registry.PREVIOUS_CHAMPION, settings)
+    if previous is None:
+        raise DriftlineError(f"{model} has no previous_champion to roll back to")
+    current = registry.alias_version(model, registry.CHAMPION, settings)
+    context = RunContext(
+        dag_id="cli",
+        run_id=f"rollback-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+        run_type="manual",
+        triggered_by=actor,
+        reason=reason,
+    )
+    return promote(
+        model,
+        previous,
+        expected_champion=current,
+        context=context,
+        reasons=[f"rollback by {actor}: {reason}"],
+        actor=actor,
+        action="rollback",
+        settings=settings,
+    )

@@ -286,6 +286,8 @@ def train(
         **{k: str(v) for k, v in lineage.items()},
         **{f"holdout_{k}": f"{v:.6f}" for k, v in holdout_metrics.items()},
         "mlflow_run_id": mlflow_run_id,
+        # train only runs after validate_data passed for this run's training set
+        "validation": "passed",
         "decision": "pending",
     }
     registered = mlflow.register_model(logged.model_uri, model, tags=version_tags)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from driftline.datagen import generate
 from driftline.feature_store import apply_repo
 from driftline.settings import REPO_ROOT, get_settings
 from driftline.stack import Stack, free_port
-from tests.conftest import SMALL, isolate_environment
+from tests.conftest import WORLD, isolate_environment
 
 MODEL = "fraud_detection"
 
@@ -91,9 +91,10 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         raw["drift"].update(cooldown_hours=0, event_poll_seconds=2)
         (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(raw))
         patch.setenv("DRIFTLINE_MODELS_DIR", str(models))
-        # six weeks of data ending yesterday: the DAGs' default as-of time is "now"
-        today = datetime.now(UTC).date()
-        generate(offline_dir=get_settings().offline_dir, days=42, today=today, **SMALL)
+        # six weeks of data ending three days ago: the DAGs' default as-of time is "now", and
+        # the scenario days a test appends must not lie in the future
+        today = datetime.now(UTC).date() - timedelta(days=2)
+        generate(offline_dir=get_settings().offline_dir, days=42, today=today, **WORLD)
         apply_repo()
 
         stack = Stack(

@@ -5,12 +5,13 @@ start fraud_detection_retrain as an asset-triggered run that consumes its event.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from driftline import monitoring, offline
 from driftline.datagen import generate
 from driftline.events import raise_event
 from driftline.settings import get_settings
-from tests.conftest import SMALL
+from tests.conftest import WORLD
 from tests.e2e.conftest import MODEL, RunningStack
 
 RETRAIN = f"{MODEL}_retrain"
@@ -62,13 +63,13 @@ def test_drift_monitor_detects_shift_and_retrains_through_the_asset(
     running_stack: RunningStack,
 ) -> None:
     settings = get_settings()
-    generate(offline_dir=settings.offline_dir, days=2, scenario="covariate_shift", **SMALL)
-    newest = offline.list_days(settings.offline_dir)[-1]
+    generate(offline_dir=settings.offline_dir, days=2, scenario="covariate_shift", **WORLD)
+    as_of = offline.list_days(settings.offline_dir)[-1] + timedelta(days=1)
     known = _known(running_stack)
     status, body = running_stack.stack.api(
         "POST",
         f"/api/v2/dags/{MONITOR}/dagRuns",
-        {"logical_date": None, "conf": {"as_of": newest.isoformat()}},
+        {"logical_date": None, "conf": {"as_of": as_of.isoformat()}},
         token=running_stack.token,
     )
     assert status == 200, body
