@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
 DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
 
-.PHONY: help setup lock lint format test test-fast bench generate apply materialize clean-state
+.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast bench generate apply materialize clean-state
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,18 @@ $(STAMP): requirements.lock pyproject.toml
 lock: ## re-resolve requirements.txt into the hashed requirements.lock
 	$(BIN)/uv pip compile requirements.txt --python-version 3.11 --generate-hashes -o requirements.lock --quiet
 
+up: setup ## start the embedded stack: data, Feast, Airflow on :8080 (AIRFLOW_PORT), MLflow UI on :5000, a first champion
+	$(BIN)/driftline up
+
+down: ## stop exactly what `make up` started
+	@if [ -x $(BIN)/driftline ]; then $(BIN)/driftline down; else echo "nothing to stop (no .venv)"; fi
+
+demo: setup ## the whole loop against the running stack: drift -> retrain -> decision; a corrupted batch is blocked
+	$(BIN)/driftline demo
+
+status: setup ## the champion, the last decisions with reasons, the open drift events
+	$(BIN)/driftline status
+
 lint: setup ## ruff check (with the Airflow AIR rules) and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,8 +58,9 @@ test: setup lint ## lint, then the whole test suite (sets up everything it needs
 test-fast: setup ## unit and DAG-integrity tests only
 	$(BIN)/pytest tests/unit tests/dags
 
-bench: setup ## retrain benchmark at SIZES (default 100k,1m labeled rows); not part of make test
+bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
 	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
+	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
 
 generate: setup ## append DAYS (default 1) of SCENARIO (default baseline) data to the offline store
 	$(BIN)/driftline generate --scenario $${SCENARIO:-baseline} --days $${DAYS:-1}

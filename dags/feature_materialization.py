@@ -12,6 +12,9 @@ never missed. Trigger it by hand to re-load an interval.
 Each updates the asset `feast://feature_view/<view>` with the window and the row count, so
 downstream DAGs can be data-aware.
 
+**Params** (for a manual run): `start` and `end` (YYYY-MM-DD) pick the window to load
+instead of the run's data interval.
+
 **Safe to re-run**: the online store keeps one latest value per entity, so clearing a run
 writes the same values again, and an old interval never rolls the online store back. An
 interval without data succeeds and says "0 rows". A missing or unreadable day partition
@@ -26,10 +29,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from driftline_airflow.assets import feature_view_asset
+from driftline_airflow.notifiers import DriftlineNotifier
 
 from driftline.specs import feature_views_in_use
+
+
+def _day(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC) if value else None
 
 
 def _materialize_task(view: str) -> Any:
@@ -40,10 +48,13 @@ def _materialize_task(view: str) -> Any:
         data_interval_start: datetime | None = None,
         data_interval_end: datetime | None = None,
         outlet_events: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         from driftline.feature_store import materialize_window
 
-        (result,) = materialize_window(data_interval_start, data_interval_end, feature_views=[view])
+        start = _day((params or {}).get("start")) or data_interval_start
+        end = _day((params or {}).get("end")) or data_interval_end
+        (result,) = materialize_window(start, end, feature_views=[view])
         outlet_events[asset].extra = result.as_dict()
         return result.as_dict()
 
@@ -55,9 +66,30 @@ def _materialize_task(view: str) -> Any:
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "driftline", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={
+        "owner": "driftline",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": DriftlineNotifier(event="failure"),
+    },
     tags=["driftline", "feast"],
     doc_md=__doc__,
+    params={
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Window start",
+            description="YYYY-MM-DD; empty = the run's data interval start.",
+        ),
+        "end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Window end",
+            description="YYYY-MM-DD; empty = the run's data interval end.",
+        ),
+    },
 )
 def feature_materialization() -> None:
     for view in feature_views_in_use():

@@ -34,6 +34,8 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from driftline_airflow.assets import drift_asset
+from driftline_airflow.links import ReportLink, with_links
+from driftline_airflow.notifiers import DriftlineNotifier
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -47,10 +49,16 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
     @dag(
         dag_id=f"{model}_drift_monitor",
         schedule=CronTriggerTimetable(spec.schedule.drift_monitor, timezone="UTC"),
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        # no start_date: an unpaused DAG waits for its next cron time instead of running
+        # the last one it "missed" (CronTriggerTimetable.run_immediately)
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": spec.owner,
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": DriftlineNotifier(event="failure"),
+        },
         tags=["driftline", "monitoring", model, *spec.tags],
         doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
         params={
@@ -90,12 +98,12 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
         def drift_detected(summary: dict[str, Any]) -> bool:
             return summary["verdict"] == "drift"
 
-        @task(outlets=[asset])
+        @task(outlets=[asset], on_success_callback=DriftlineNotifier(event="drift_detected"))
         def announce_drift(summary: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
             outlet_events[asset].extra = summary
             return summary
 
-        summary = check_drift()
+        summary = with_links(check_drift(), ReportLink())
         drift_detected(summary) >> announce_drift(summary)
 
     return drift_monitor()

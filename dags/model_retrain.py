@@ -59,16 +59,32 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 from driftline_airflow.assets import watched_drift_asset
+from driftline_airflow.links import (
+    MlflowRunLink,
+    ModelVersionLink,
+    ReportLink,
+    with_links,
+)
+from driftline_airflow.notifiers import DriftlineNotifier
 
 from driftline.specs import ModelSpec, load_specs
 
 DOC = __doc__
 
 
-def _as_of(params: dict[str, Any], data_interval_end: datetime | None) -> datetime:
+def _as_of(
+    params: dict[str, Any], data_interval_end: datetime | None, events: list[dict]
+) -> datetime:
+    """The param if given; for a run started by the drift monitor, the end of the window it
+    found drift in; else the run's data interval end."""
     if params.get("end_date"):
         day = datetime.fromisoformat(params["end_date"])
         return day if day.tzinfo else day.replace(tzinfo=UTC)
+    windows = [
+        e["extra"]["window"][1] for e in events if isinstance(e["extra"].get("window"), list)
+    ]
+    if windows:
+        return max(datetime.fromisoformat(end) for end in windows)
     return data_interval_end or datetime.now(UTC)
 
 
@@ -82,10 +98,16 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
             timetable=CronTriggerTimetable(spec.schedule.retrain, timezone="UTC"),
             assets=watched_drift_asset(model, known_models, spec.drift.event_poll_seconds),
         ),
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        # no start_date: an unpaused DAG waits for its next cron time instead of running
+        # the last one it "missed" (CronTriggerTimetable.run_immediately)
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": spec.owner,
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": DriftlineNotifier(event="failure"),
+        },
         tags=["driftline", "retrain", model, *spec.tags],
         doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
         params={
@@ -111,8 +133,8 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
                 description="Train and evaluate, never move an alias.",
             ),
             "reason": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 maxLength=500,
                 title="Reason",
                 description="Why this run; recorded in the audit log.",
@@ -153,7 +175,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
             params = context["params"]
             return stages.build(
                 model,
-                as_of=_as_of(params, data_interval_end),
+                as_of=_as_of(params, data_interval_end, asset_events(context["dag_run"])),
                 window_days=params["window_days"],
                 context=run_context(context),
             )
@@ -192,7 +214,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
             )
             return "promote" if decision["promote"] else "keep_champion"
 
-        @task
+        @task(on_success_callback=DriftlineNotifier(event="promotion"))
         def promote(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
             from driftline.promotion import ChampionMoved
@@ -204,7 +226,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
             except ChampionMoved as moved:
                 raise AirflowFailException(str(moved)) from None
 
-        @task
+        @task(on_success_callback=DriftlineNotifier(event="rejection"))
         def keep_champion(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
 
@@ -232,9 +254,9 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
 
         built = build_training_set()
         admit_trigger() >> built
-        validated = validate_data(built)
-        trained = train(built)
-        evaluated = evaluate(built, trained)
+        validated = with_links(validate_data(built), ReportLink())
+        trained = with_links(train(built), MlflowRunLink(), ModelVersionLink())
+        evaluated = with_links(evaluate(built, trained), ReportLink(), MlflowRunLink())
         branch = decide(built)
         promoted, kept = promote(built), keep_champion(built)
         validated >> trained

@@ -60,6 +60,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="random seed; fixed per offline store")] = 42,
     cards: Annotated[int, typer.Option(help="number of cards")] = 2000,
     merchants: Annotated[int, typer.Option(help="number of merchants")] = 300,
+    corrupt: Annotated[
+        bool, typer.Option(help="append a broken batch (fault injection for demos)")
+    ] = False,
 ) -> None:
     """Append DAYS days of SCENARIO transactions and their features to the offline store."""
     from driftline.datagen import generate as run
@@ -73,6 +76,7 @@ def generate(
             seed=seed,
             n_cards=cards,
             n_merchants=merchants,
+            corrupt=corrupt,
         )
     except DriftlineError as exc:
         _fail(str(exc))
@@ -257,6 +261,81 @@ def rollback(
 
 
 @app.command()
+def up(
+    port: Annotated[int, typer.Option(envvar="AIRFLOW_PORT", help="Airflow UI/API port")] = 8080,
+    mlflow_port: Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow UI port")] = 5000,
+) -> None:
+    """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion)."""
+    from driftline.stack import up as start
+
+    try:
+        start(port=port, mlflow_port=mlflow_port, say=typer.echo)
+    except DriftlineError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def down() -> None:
+    """Stop what `driftline up` started (by recorded process groups, never by name)."""
+    from driftline.stack import down as stop
+
+    stop(say=typer.echo)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="model spec name")] = "fraud_detection",
+) -> None:
+    """The whole loop against the running stack; exits non-zero if a step misbehaves."""
+    from driftline.demo import Demo
+    from driftline.stack import Stack
+
+    stack = Stack(settings=get_settings())
+    recorded = stack.recorded()
+    if not stack.running() or not recorded:
+        _fail(f"no running stack for {get_settings().home}; run `make up` first")
+    stack.port, stack.mlflow_port = recorded["port"], recorded.get("mlflow_port")
+    try:
+        ok = Demo(stack, model=model, say=typer.echo).run()
+    except DriftlineError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code=0 if ok else 1)
+
+
+@app.command()
+def quarantine(
+    day: Annotated[str, typer.Option(help="the day (YYYY-MM-DD) of the broken delivery")],
+    reason: Annotated[str, typer.Option(help="why; kept beside the data")],
+) -> None:
+    """Move a broken day out of the offline store (kept in _quarantine/ for inspection)."""
+    from datetime import date
+
+    from driftline import offline
+
+    try:
+        target = offline.quarantine_day(get_settings().offline_dir, date.fromisoformat(day), reason)
+    except ValueError as exc:
+        _fail(f"--day {day!r}: {exc}")
+    typer.echo(f"quarantined {day} to {target}")
+
+
+@app.command()
+def check() -> None:
+    """Check that every service the settings name can be reached (exit 2 naming any that cannot)."""
+    from driftline.preflight import probes
+
+    results = probes()
+    for probe in results:
+        typer.echo(probe.describe())
+    failed = [p for p in results if not p.ok]
+    if failed:
+        _fail(
+            "cannot reach "
+            + "; ".join(f"{p.service} ({p.setting}={p.target}): {p.detail}" for p in failed)
+        )
+
+
+@app.command()
 def settings(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show where driftline keeps its state."""
     values = {k: str(v) for k, v in vars(get_settings()).items()}
@@ -268,7 +347,8 @@ def settings(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("driftline").setLevel(logging.INFO)
     try:
         app()
     except DriftlineError as exc:

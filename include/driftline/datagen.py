@@ -373,6 +373,14 @@ def _unique_card_times(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def corrupt_batch(raw: pd.DataFrame) -> pd.DataFrame:
+    """A day of transactions as a broken upstream system would deliver it."""
+    broken = raw.copy()
+    broken.loc[broken.index[::3], "amount"] = -broken.loc[broken.index[::3], "amount"]
+    broken.loc[broken.index[::5], "channel"] = "telepathy"
+    return pd.concat([broken, broken.head(40)], ignore_index=True)
+
+
 def _parse_start(start: str | date | None) -> date | None:
     if start is None or isinstance(start, date):
         return start
@@ -408,6 +416,7 @@ def generate(
     n_cards: int = 2000,
     n_merchants: int = 300,
     today: date | None = None,
+    corrupt: bool = False,
 ) -> GenerateResult:
     """Append ``days`` days of ``scenario`` after the newest day in the offline store.
 
@@ -415,6 +424,10 @@ def generate(
     ends yesterday). A store that already holds data continues from its newest day; ``start``
     is then only accepted if it is exactly that next day. The seed and population size are
     recorded in the store's manifest and must match on later calls.
+
+    ``corrupt`` makes the appended days a broken upstream batch (fault injection for the
+    demo and tests): negative amounts, an undeclared channel, duplicated rows. Features are
+    computed before the corruption; only the raw transactions are broken.
     """
     validate_arguments(scenario, days, seed, n_cards, n_merchants)
     start_day = _parse_start(start)
@@ -461,8 +474,9 @@ def generate(
         offline.write_partition(
             offline_dir, "merchant_features", day, pa.Table.from_pandas(merchants)
         )
-        offline.write_partition(offline_dir, "transactions", day, pa.Table.from_pandas(raw))
-        manifest["days"][day.isoformat()] = scenario
+        stored = corrupt_batch(raw) if corrupt else raw
+        offline.write_partition(offline_dir, "transactions", day, pa.Table.from_pandas(stored))
+        manifest["days"][day.isoformat()] = f"{scenario}+corrupted" if corrupt else scenario
         offline.write_manifest(offline_dir, manifest)
         history = window
         written.append(day)

@@ -43,6 +43,7 @@ class Evaluation:
     holdout_rows: int
     holdout_positives: int
     report_uri: str
+    mlflow_run_id: str = ""
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ def evaluate(
         holdout_rows=len(holdout),
         holdout_positives=int(labels.sum()),
         report_uri=artifact_uri,
+        mlflow_run_id=info.run_id,
         notes=notes,
     )
     evaluation.write(run_dir)

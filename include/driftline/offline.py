@@ -190,6 +190,34 @@ def write_partition(offline_dir: Path, table: str, day: date, data: pa.Table) ->
     return path
 
 
+QUARANTINE = "_quarantine"
+
+
+def quarantine_day(offline_dir: Path, day: date, reason: str) -> Path:
+    """Move every table's partition of ``day`` out of the store, into ``_quarantine/<day>/``.
+
+    What an operator does with a broken delivery: the data is kept for inspection, but no
+    stage reads it any more, and the next `driftline generate` delivers the day again.
+    """
+    target = offline_dir / QUARANTINE / day.isoformat()
+    moved = []
+    for table in SCHEMAS:
+        partition = partition_path(offline_dir, table, day).parent
+        if partition.is_dir():
+            (target / table).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partition, target / table)
+            moved.append(table)
+    if not moved:
+        raise DriftlineError(f"no partition of {day} in {offline_dir} to quarantine")
+    (target / "reason.txt").write_text(reason + "\n")
+    manifest = read_manifest(offline_dir)
+    if manifest is not None:
+        manifest["days"].pop(day.isoformat(), None)
+        manifest.setdefault("quarantined", {})[day.isoformat()] = reason
+        write_manifest(offline_dir, manifest)
+    return target
+
+
 def read_manifest(offline_dir: Path) -> dict[str, Any] | None:
     path = offline_dir / MANIFEST
     if not path.is_file():

@@ -76,10 +76,57 @@ def promote(
     action: str = "promoted",
     settings: Settings | None = None,
 ) -> PromotionResult:
-    """Make ``version`` the champion if the champion is still ``expected_champion``."""
+    """Make ``version`` the champion if the champion is still ``expected_champion``.
+
+    Any failure (a registry that cannot be reached, say) leaves the aliases as they were and
+    is recorded in the audit log as ``failed`` with the error, then raised, so Airflow retries.
+    """
     settings = settings or get_settings()
+    try:
+        return _promote(
+            model,
+            version,
+            expected_champion=expected_champion,
+            context=context,
+            reasons=reasons,
+            metrics=metrics,
+            actor=actor or context.triggered_by,
+            action=action,
+            settings=settings,
+        )
+    except (ChampionMoved, DriftlineError):
+        raise
+    except Exception as exc:
+        monitoring.append_audit(
+            model=model,
+            action="failed",
+            actor=actor or context.triggered_by,
+            challenger_version=version,
+            champion_before=expected_champion,
+            champion_after=expected_champion,
+            reasons=[f"promotion failed, nothing moved: {type(exc).__name__}: {exc}", *reasons],
+            metrics=metrics,
+            reason=context.reason,
+            dag_id=context.dag_id,
+            run_id=context.run_id,
+            url=settings.monitoring_db_url,
+        )
+        raise
+
+
+def _promote(
+    model: str,
+    version: str,
+    *,
+    expected_champion: str | None,
+    context: RunContext,
+    reasons: list[str],
+    metrics: dict[str, Any] | None,
+    actor: str,
+    action: str,
+    settings: Settings,
+) -> PromotionResult:
     url = settings.monitoring_db_url
-    actor = actor or context.triggered_by
     registry.version_info(model, version, settings)  # fails clearly for an unknown version
 
     current = registry.alias_version(model, registry.CHAMPION, settings)
@@ -127,22 +174,8 @@ def promote(
                 model, registry.PREVIOUS_CHAMPION, expected_champion
             )
         mlflow_client.set_registered_model_alias(model, registry.CHAMPION, version)
-    except Exception as exc:
+    except Exception:
         _restore(model, expected_champion, previous_alias, version, settings)
-        monitoring.append_audit(
-            model=model,
-            action="failed",
-            actor=actor,
-            challenger_version=version,
-            champion_before=expected_champion,
-            champion_after=expected_champion,
-            reasons=[f"moving the aliases failed, restored: {exc}", *reasons],
-            metrics=metrics,
-            reason=context.reason,
-            dag_id=context.dag_id,
-            run_id=context.run_id,
-            url=url,
-        )
         raise
 
     now = datetime.now(UTC).isoformat()
@@ -185,8 +218,8 @@ def _restore(
     model: str, champion: str | None, previous: str | None, claimed: str, settings: Settings
 ) -> None:
     """Undo a half-moved promotion: aliases back, then the claim back."""
-    mlflow_client = registry.client(settings)
     try:
+        mlflow_client = registry.client(settings)
         if champion is None:
             mlflow_client.delete_registered_model_alias(model, registry.CHAMPION)
         else:
@@ -195,6 +228,8 @@ def _restore(
             mlflow_client.delete_registered_model_alias(model, registry.PREVIOUS_CHAMPION)
         else:
             mlflow_client.set_registered_model_alias(model, registry.PREVIOUS_CHAMPION, previous)
+    except Exception:
+        log.exception("could not put the aliases of %s back; the registry is unreachable", model)
     finally:
         monitoring.compare_and_set_champion(
             model=model,

@@ -50,7 +50,7 @@ def validate(
     import pandas as pd
 
     from driftline.training_set import RECENT_FILE, TRAINING_FILE, Window, read_fingerprint
-    from driftline.validation import enforce
+    from driftline.validation import ValidationFailed, enforce
     from driftline.validation import validate as run_checks
 
     settings = settings or get_settings()
@@ -65,20 +65,41 @@ def validate(
         window,
         source=f"{fingerprint.offline_dir} via feature service {spec.feature_service}",
     )
-    _json_path, html_path = report.write(path)
+    json_path, html_path = report.write(path)
+    report_uri = _log_validation(model, report.passed, [json_path, html_path], context, settings)
     monitoring.record_validation(
         model=model,
         passed=report.passed,
         failed_checks=[check.__dict__ for check in report.failed],
         fingerprint=fingerprint.as_dict(),
-        report_uri=html_path.as_uri(),
+        report_uri=report_uri,
         dag_id=context.dag_id,
         run_id=context.run_id,
         url=settings.monitoring_db_url,
     )
-    enforce(report)
+    try:
+        enforce(report)
+    except ValidationFailed as failed:
+        failed.report_uri = report_uri
+        raise
     log.info(report.summary())
-    return {"passed": True, "checks": len(report.checks), "report": str(html_path)}
+    return {"passed": True, "checks": len(report.checks), "report_uri": report_uri}
+
+
+def _log_validation(
+    model: str, passed: bool, files: list[Path], context: RunContext, settings: Settings
+) -> str:
+    """Keep the report in MLflow (experiment ``<model>_validation``), failed ones included."""
+    import mlflow
+
+    from driftline import registry
+
+    experiment = registry.experiment_id(f"{model}_validation", settings)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"validation {context.run_id}") as run:
+        mlflow.set_tags({**context.tags(), "passed": str(passed).lower()})
+        for file in files:
+            mlflow.log_artifact(str(file), artifact_path="validation")
+    return f"runs:/{run.info.run_id}/validation/{files[-1].name}"
 
 
 def train(

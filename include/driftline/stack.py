@@ -57,6 +57,9 @@ class Stack:
     port: int = 8080
     mlflow_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # production profile: the MLflow process is the tracking server itself (backend store
+    # URL, artifact destination); clients reach it through MLFLOW_TRACKING_URI over HTTP
+    mlflow_server: tuple[str, str] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -89,8 +92,9 @@ class Stack:
         airflow_db = self.settings.airflow_home / "airflow.db"
         env.update(
             {
+                # SQLite: wait up to a minute for a lock instead of failing after 5 s
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
-                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_db}"
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_db}?timeout=60"
                 ),
                 "AIRFLOW__CORE__EXECUTOR": os.environ.get(
                     "AIRFLOW__CORE__EXECUTOR", "LocalExecutor"
@@ -169,6 +173,17 @@ class Stack:
     def migrate(self) -> None:
         self.settings.airflow_home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
+        database = self.settings.airflow_home / "airflow.db"
+        if (
+            self.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite")
+            and database.exists()
+        ):
+            import sqlite3
+
+            # write-ahead logging: the api-server, scheduler, dag-processor and triggerer share
+            # this file; readers stop blocking writers (the mode is stored in the file)
+            with sqlite3.connect(database) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
 
     def start(self, components: tuple[str, ...] = AIRFLOW_COMPONENTS) -> dict[str, int]:
         """Start the components in the background (one process group each) and record them."""
@@ -185,19 +200,11 @@ class Stack:
         commands = {
             name: [str(Path(sys.executable).with_name("airflow")), name] for name in components
         }
+        if "scheduler" in commands:
+            # task processes fork from the scheduler's executor: start them warm (preload.py)
+            commands["scheduler"] = [sys.executable, "-m", "driftline.preload", "scheduler"]
         if self.mlflow_port:
-            commands["mlflow-ui"] = [
-                str(Path(sys.executable).with_name("mlflow")),
-                "server",
-                "--backend-store-uri",
-                self.settings.mlflow_tracking_uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.mlflow_port),
-                "--workers",
-                "1",
-            ]
+            commands["mlflow-ui"] = self.mlflow_command()
         try:
             for name, command in commands.items():
                 log = (self.log_dir / f"{name}.log").open("ab")
@@ -213,6 +220,54 @@ class Stack:
                 )
             )
         return processes
+
+    def mlflow_command(self) -> list[str]:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server"]
+        if self.mlflow_server:
+            backend, artifacts = self.mlflow_server
+            command += [
+                "--backend-store-uri",
+                backend,
+                "--artifacts-destination",
+                artifacts,
+                "--serve-artifacts",
+            ]
+        else:
+            command += ["--backend-store-uri", self.settings.mlflow_tracking_uri]
+        return [*command, "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"]
+
+    def stop_component(self, name: str, timeout: float = 30) -> None:
+        """Stop one recorded component (fault drills: e.g. the MLflow server mid-run)."""
+        recorded = self.recorded()
+        pgid = recorded.get("processes", {}).get(name)
+        if pgid is None:
+            raise DriftlineError(f"no {name} recorded for {self.settings.home}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def restart_mlflow(self) -> int:
+        """Start the MLflow process again and record it."""
+        recorded = self.recorded()
+        log = (self.log_dir / "mlflow-ui.log").open("ab")
+        process = subprocess.Popen(
+            self.mlflow_command(),
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        recorded.setdefault("processes", {})["mlflow-ui"] = process.pid
+        self.state_file.write_text(json.dumps(recorded, indent=2))
+        return process.pid
 
     def stop(self, timeout: float = 30) -> list[str]:
         """Stop every recorded process group: SIGTERM, then SIGKILL after ``timeout``."""
@@ -307,3 +362,200 @@ class Stack:
                 return error.code, json.loads(raw)
             except ValueError:
                 return error.code, raw.decode(errors="replace")
+
+
+# --- make up / make down ----------------------------------------------------------------------
+
+FIRST_RUN_DAYS = 60
+# the generated world ends this many days before today, leaving room for `make demo` to
+# append its days (two per run) without stamping transactions in the future
+DAYS_BEFORE_TODAY = 10
+
+
+def up(
+    *,
+    port: int = 8080,
+    mlflow_port: int | None = 5000,
+    model: str = "fraud_detection",
+    world: dict[str, int] | None = None,
+    days: int = FIRST_RUN_DAYS,
+    timeout: float = 900,
+    extra_env: dict[str, str] | None = None,
+    mlflow_server: tuple[str, str] | None = None,
+    say: Any = print,
+) -> Stack:
+    """Bring the stack up from nothing, or confirm it is up. Safe to run twice.
+
+    The embedded profile by default; with the production settings in the environment
+    (PostgreSQL, Redis, an MLflow tracking server given by ``mlflow_server``) the same path.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from driftline import offline, registry
+    from driftline.datagen import generate
+    from driftline.feature_store import apply_repo, materialize_window
+
+    settings = get_settings()
+    stack = Stack(
+        settings=settings,
+        port=port,
+        mlflow_port=mlflow_port,
+        # `make up` unpauses every DAG (and so starts the drift watcher)
+        extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", **(extra_env or {})},
+        mlflow_server=mlflow_server,
+    )
+    if stack.running():
+        recorded = stack.recorded()
+        stack.port, stack.mlflow_port = recorded.get("port", port), recorded.get("mlflow_port")
+        say(f"driftline is already up for {settings.home}")
+        say(access_summary(stack, first_start=False))
+        return stack
+    stack.check_ports()
+    _preflight(stack, managed_mlflow=mlflow_port is not None)
+
+    say("[1/6] Airflow metadata database")
+    stack.migrate()
+    if not offline.list_days(settings.offline_dir):
+        today = datetime.now(UTC).date() - timedelta(days=DAYS_BEFORE_TODAY - 1)
+        say(f"[2/6] generating {days} days of baseline transactions")
+        result = generate(offline_dir=settings.offline_dir, days=days, today=today, **(world or {}))
+        say(f"      {result.summary()}")
+    else:
+        say(f"[2/6] offline store already holds data in {settings.offline_dir}")
+    say("[3/6] registering the Feast repo (feast apply)")
+    apply_repo(settings)
+    newest = offline.list_days(settings.offline_dir)[-1]
+    start = datetime(newest.year, newest.month, newest.day, tzinfo=UTC)
+    for result in materialize_window(start, start + timedelta(days=1), settings=settings):
+        say(f"      {result.describe()}")
+
+    first_start = not stack.passwords_file.exists()
+    say(
+        f"[4/6] starting Airflow on {stack.url}"
+        + (f" and the MLflow UI on {stack.mlflow_url}" if mlflow_port else "")
+    )
+    stack.start()
+    try:
+        stack.wait_healthy(timeout=timeout)
+        token = stack.token("admin")
+        _wait_for_dags(
+            stack,
+            token,
+            [f"{model}_retrain", f"{model}_drift_monitor", "feature_materialization"],
+            timeout,
+        )
+        if registry.alias_version(model, registry.CHAMPION, settings) is None:
+            say(f"[5/6] first retrain of {model}, so a champion exists (a few minutes)")
+            for _ in range(3):  # a busy metadata DB answers 500; nothing was created then
+                status, run = stack.api(
+                    "POST",
+                    f"/api/v2/dags/{model}_retrain/dagRuns",
+                    {"logical_date": None, "conf": {"reason": "make up: first champion"}},
+                    token=token,
+                )
+                if status < 500:
+                    break
+                time.sleep(5)
+            if status != 200:
+                raise DriftlineError(f"could not trigger the first retrain: {status} {run}")
+            state = _wait_for_run(stack, token, f"{model}_retrain", run["dag_run_id"], timeout)
+            champion = registry.alias_version(model, registry.CHAMPION, settings)
+            if state != "success" or champion is None:
+                raise DriftlineError(
+                    f"the first retrain ended {state} without a champion; see {stack.url}"
+                    f"/dags/{model}_retrain and {stack.log_dir}"
+                )
+            say(f"      champion: {model} v{champion}")
+        else:
+            say(f"[5/6] {model} already has a champion")
+    except BaseException:
+        say(f"start-up failed; stopping what was started (logs stay in {stack.log_dir})")
+        stack.stop()
+        raise
+    say("[6/6] ready")
+    say(access_summary(stack, first_start=first_start))
+    return stack
+
+
+def _preflight(stack: Stack, *, managed_mlflow: bool) -> None:
+    """Every service the settings name must answer before anything starts."""
+    from driftline.preflight import probes
+
+    with _environment(stack.env()):
+        results = probes(stack.settings)
+    failed = [
+        p
+        for p in results
+        if not p.ok
+        and not (
+            managed_mlflow and p.setting == "MLFLOW_TRACKING_URI" and p.target.startswith("http")
+        )
+    ]
+    if failed:
+        raise DriftlineError(
+            "cannot reach "
+            + "; ".join(f"{p.service} ({p.setting}={p.target}): {p.detail}" for p in failed)
+        )
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _wait_for_dags(stack: Stack, token: str, dag_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = stack.api("GET", "/api/v2/dags?limit=200", token=token)
+        if status == 200 and set(dag_ids) <= {d["dag_id"] for d in body["dags"]}:
+            return
+        time.sleep(3)
+    raise DriftlineError(
+        f"DAGs {dag_ids} were not parsed within {timeout:.0f} s; see {stack.log_dir}/dag-processor.log"
+    )
+
+
+def _wait_for_run(stack: Stack, token: str, dag_id: str, run_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+        if status == 200 and body["state"] in ("success", "failed"):
+            return body["state"]
+        time.sleep(3)
+    raise DriftlineError(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
+
+
+def access_summary(stack: Stack, *, first_start: bool) -> str:
+    lines = [
+        "",
+        f"  Airflow UI   {stack.url}   (log in at {stack.url}/auth/login)",
+    ]
+    if stack.mlflow_url:
+        lines.append(f"  MLflow UI    {stack.mlflow_url}")
+    lines.append("  accounts     admin (administers), operator (triggers and clears runs)")
+    if first_start and stack.passwords_file.exists():
+        passwords = json.loads(stack.passwords_file.read_text())
+        lines.append("  passwords    (shown once; kept in " + str(stack.passwords_file) + ")")
+        lines += [f"               {user}: {password}" for user, password in passwords.items()]
+    else:
+        lines.append(f"  passwords    in {stack.passwords_file}")
+    lines += ["  next         make demo   |   driftline status   |   make down", ""]
+    return "\n".join(lines)
+
+
+def down(say: Any = print) -> list[str]:
+    """Stop exactly what `up` started (recorded process groups)."""
+    settings = get_settings()
+    stack = Stack(settings=settings)
+    if not stack.recorded():
+        say(f"nothing recorded as running for {settings.home}")
+        return []
+    stopped = stack.stop()
+    say(f"stopped: {', '.join(stopped) or 'nothing was still running'}")
+    return stopped

@@ -167,6 +167,7 @@ def _signature(spec: ModelSpec) -> Any:
 
 @dataclass(frozen=True)
 class TrainResult:
+    model: str
     version: str
     mlflow_run_id: str
     metrics: dict[str, float]
@@ -205,7 +206,7 @@ def train(
             for k, v in info.tags.items()
             if k.startswith("holdout_")
         }
-        return TrainResult(existing, info.run_id, stored, reused=True)
+        return TrainResult(model, existing, info.run_id, stored, reused=True)
 
     fingerprint = read_fingerprint(run_dir)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
@@ -307,4 +308,4 @@ def train(
             indent=2,
         )
     )
-    return TrainResult(version, mlflow_run_id, holdout_metrics)
+    return TrainResult(model, version, mlflow_run_id, holdout_metrics)

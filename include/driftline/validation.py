@@ -89,6 +89,7 @@ class ValidationFailed(DriftlineError):
     def __init__(self, report: ValidationReport) -> None:
         super().__init__(report.summary())
         self.report = report
+        self.report_uri = ""
 
 
 def _fmt(value: Any) -> str:

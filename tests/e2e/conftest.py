@@ -1,22 +1,22 @@
-"""A running driftline stack for end-to-end tests: Airflow's api-server, scheduler,
-dag-processor and triggerer as real processes on a free port, in a temporary state
-directory; stopped by their recorded process groups even when a test fails."""
+"""A running driftline stack for end-to-end tests, started the way `make up` starts it
+(`driftline.stack.up`): real api-server, scheduler, dag-processor, triggerer and MLflow UI
+processes on free ports, in a temporary state directory, with a webhook receiver for the
+notifications. Everything is stopped by recorded process groups, even when a test fails."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import yaml
 
-from driftline.datagen import generate
-from driftline.feature_store import apply_repo
-from driftline.settings import REPO_ROOT, get_settings
-from driftline.stack import Stack, free_port
+from driftline.settings import REPO_ROOT
+from driftline.stack import Stack, free_port, up
 from tests.conftest import WORLD, isolate_environment
 
 MODEL = "fraud_detection"
@@ -33,9 +33,35 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+class Webhook:
+    """A local HTTP receiver that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [body for body in self.received if body.get("event") == event]
+
+
 class RunningStack:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, webhook: Webhook) -> None:
         self.stack = stack
+        self.webhook = webhook
         self.token = stack.token("admin")
 
     def get(self, path: str) -> Any:
@@ -44,7 +70,7 @@ class RunningStack:
         return body
 
     def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=50")["dag_runs"]
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")["dag_runs"]
 
     def wait_new_run(
         self, dag_id: str, known: set[str], run_type: str, timeout: float = 180
@@ -80,6 +106,8 @@ class RunningStack:
 
 @pytest.fixture(scope="package")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    webhook = Webhook()
+    webhook.thread.start()
     with pytest.MonkeyPatch.context() as patch:
         home = tmp_path_factory.mktemp("stack") / "state"
         home.mkdir()
@@ -91,33 +119,24 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         raw["drift"].update(cooldown_hours=0, event_poll_seconds=2)
         (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(raw))
         patch.setenv("DRIFTLINE_MODELS_DIR", str(models))
-        # six weeks of data ending three days ago: the DAGs' default as-of time is "now", and
-        # the scenario days a test appends must not lie in the future
-        today = datetime.now(UTC).date() - timedelta(days=2)
-        generate(offline_dir=get_settings().offline_dir, days=42, today=today, **WORLD)
-        apply_repo()
-
-        stack = Stack(
-            settings=get_settings(),
-            port=free_port(),
-            extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"},
-        )
-        stack.migrate()
-        stack.start()
+        connection = {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": webhook.port,
+            "schema": "http",
+            "extra": {"endpoint": "/hooks/driftline"},
+        }
+        stack = None
         try:
-            stack.wait_healthy(timeout=300)
-            running = RunningStack(stack)
-            wait_for(
-                "the DAGs to be parsed",
-                lambda: (
-                    {d["dag_id"] for d in running.get("/api/v2/dags?limit=100")["dags"]}
-                    >= {f"{MODEL}_retrain", f"{MODEL}_drift_monitor", "feature_materialization"}
-                ),
-                timeout=180,
+            stack = up(
+                port=free_port(),
+                mlflow_port=free_port(),
+                world=WORLD,
+                days=42,
+                extra_env={"AIRFLOW_CONN_DRIFTLINE_WEBHOOK": json.dumps(connection)},
             )
-            yield running
+            yield RunningStack(stack, webhook)
         finally:
-            stack.stop()
-            logs = Path(stack.log_dir)
-            if logs.is_dir():
-                print(f"stack logs kept in {logs}")
+            if stack is not None:  # a failed `up` stops what it started itself
+                stack.stop()
+            webhook.server.shutdown()

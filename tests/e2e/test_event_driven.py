@@ -1,21 +1,15 @@
-"""Event-driven retraining against a real scheduler, triggerer and api-server:
-a row in the drift-event table, an asset event over REST, and the drift monitor itself each
-start fraud_detection_retrain as an asset-triggered run that consumes its event."""
+"""Event-driven retraining against a real scheduler, triggerer and api-server: a row in the
+drift-event table and an asset event over REST each start fraud_detection_retrain as an
+asset-triggered run that consumes its event. (The drift monitor's own path is the demo's,
+tests/e2e/test_demo.py.)"""
 
 from __future__ import annotations
 
-import json
-from datetime import timedelta
-
-from driftline import monitoring, offline
-from driftline.datagen import generate
+from driftline import monitoring
 from driftline.events import raise_event
-from driftline.settings import get_settings
-from tests.conftest import WORLD
 from tests.e2e.conftest import MODEL, RunningStack
 
 RETRAIN = f"{MODEL}_retrain"
-MONITOR = f"{MODEL}_drift_monitor"
 ASSET = f"drift://{MODEL}"
 
 
@@ -57,44 +51,3 @@ def test_an_asset_event_over_rest_starts_a_retrain(running_stack: RunningStack) 
     ]
     assert len(consumed) == 1 and consumed[0]["status"] == "consumed"
     assert consumed[0]["payload"]["reason"] == "posted over REST"
-
-
-def test_drift_monitor_detects_shift_and_retrains_through_the_asset(
-    running_stack: RunningStack,
-) -> None:
-    settings = get_settings()
-    generate(offline_dir=settings.offline_dir, days=2, scenario="covariate_shift", **WORLD)
-    as_of = offline.list_days(settings.offline_dir)[-1] + timedelta(days=1)
-    known = _known(running_stack)
-    status, body = running_stack.stack.api(
-        "POST",
-        f"/api/v2/dags/{MONITOR}/dagRuns",
-        {"logical_date": None, "conf": {"as_of": as_of.isoformat()}},
-        token=running_stack.token,
-    )
-    assert status == 200, body
-    monitor_run = running_stack.wait_finished(MONITOR, body["dag_run_id"])
-    assert monitor_run["state"] == "success", running_stack.task_states(MONITOR, body["dag_run_id"])
-    assert running_stack.task_states(MONITOR, body["dag_run_id"])["announce_drift"] == "success"
-
-    report = monitoring.drift_report_log(MODEL)[0]
-    assert report["verdict"] == "drift" and report["run_id"] == body["dag_run_id"]
-    events = running_stack.get(
-        f"/api/v2/assets/events?asset_id={running_stack.asset_id(ASSET)}&order_by=-timestamp&limit=1"
-    )
-    extra = events["asset_events"][0]["extra"]
-    assert extra["verdict"] == "drift" and "amount" in extra["top_features"]
-    assert extra["drift_report_id"] == report["id"]
-
-    retrain = running_stack.wait_new_run(RETRAIN, known, "asset_triggered", timeout=120)
-    finished = running_stack.wait_finished(RETRAIN, retrain["dag_run_id"])
-    assert finished["state"] == "success"
-    event = monitoring.drift_event(extra["drift_event_id"])
-    # the monitor run, its event and the retrain decision are linked in the monitoring store
-    assert event["report_id"] == report["id"]
-    assert (event["status"], event["consumed_by_run_id"]) == ("consumed", retrain["dag_run_id"])
-    decision = monitoring.audit_log(MODEL)[0]
-    assert decision["run_id"] == retrain["dag_run_id"]
-    print(
-        json.dumps({"report": report["id"], "event": event["id"], "decision": decision["action"]})
-    )

@@ -1,0 +1,289 @@
+"""`make demo`: the whole loop, headless, against the stack `make up` started.
+
+1. a champion serves (make up trained it);
+2. covariate-shifted days arrive and are materialized (feature_materialization);
+3. the drift monitor detects the shift and updates the drift asset;
+4. the asset starts the retrain, whose challenger is promoted or rejected by the policy;
+5. a corrupted batch arrives; a retrain over it stops at validate_data, champion unchanged;
+6. the bad batch is quarantined, so the system is healthy again for the next run.
+
+Every step states what it expected and what it saw; a table of events, runs, versions,
+decisions and reasons ends the demo, and the exit code is non-zero if any step did not
+behave as expected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from driftline import monitoring, offline, registry
+from driftline.datagen import generate
+from driftline.errors import DriftlineError
+from driftline.settings import Settings
+from driftline.stack import Stack
+
+
+@dataclass
+class Step:
+    name: str
+    expected: str
+    observed: str = ""
+    ok: bool = False
+
+
+class DemoFailed(DriftlineError):
+    pass
+
+
+class Demo:
+    def __init__(
+        self,
+        stack: Stack,
+        *,
+        model: str = "fraud_detection",
+        shift_days: int = 2,
+        timeout: float = 900,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.stack = stack
+        self.settings: Settings = stack.settings
+        self.model = model
+        self.shift_days = shift_days
+        self.timeout = timeout
+        self.say = say
+        self.steps: list[Step] = []
+        self.rows: list[tuple[str, str, str]] = []
+        self.token = stack.token("admin")
+
+    # --- REST helpers ---------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = self.stack.api(method, path, body, token=self.token)
+        if status >= 300:
+            raise DemoFailed(f"{method} {path} answered {status}: {answer}")
+        return answer
+
+    def _trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        run = self._api(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        return run["dag_run_id"]
+
+    def _wait(self, what: str, probe: Callable[[], Any], timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value
+            time.sleep(3)
+        raise DemoFailed(f"timed out waiting for {what}")
+
+    def _finished(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            run = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            return run if run["state"] in ("success", "failed") else None
+
+        return self._wait(f"{dag_id} run {run_id}", probe)
+
+    def _tasks(self, dag_id: str, run_id: str) -> dict[str, str]:
+        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+    def _run_ids(self, dag_id: str) -> set[str]:
+        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after")
+        return {run["dag_run_id"] for run in body["dag_runs"]}
+
+    def _versions(self) -> list[str]:
+        found = registry.client(self.settings).search_model_versions(f"name='{self.model}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _check(self, step: Step, ok: bool, observed: str) -> None:
+        step.ok, step.observed = ok, observed
+        self.say(f"[{'ok' if ok else 'FAIL'}] {step.name}: {observed}")
+        if not ok:
+            raise DemoFailed(f"{step.name}: expected {step.expected}; saw {observed}")
+
+    def _step(self, name: str, expected: str) -> Step:
+        step = Step(name, expected)
+        self.steps.append(step)
+        self.say(f"... {name}: expecting {expected}")
+        return step
+
+    def run(self) -> bool:
+        try:
+            self._loop()
+        except DemoFailed as failure:
+            self.say(f"demo failed: {failure}")
+        finally:
+            self.say(self.table())
+        return all(step.ok for step in self.steps) and len(self.steps) == 7
+
+    def _loop(self) -> None:
+        url = self.settings.monitoring_db_url
+        step = self._step("champion serves", "a champion alias (make up trains the first one)")
+        champion = registry.alias_version(self.model, registry.CHAMPION, self.settings)
+        self._check(
+            step, champion is not None, f"champion v{champion}" if champion else "no champion"
+        )
+        self.rows.append(("champion", f"v{champion}", "before the demo"))
+
+        step = self._step(
+            "shifted days arrive", f"{self.shift_days} covariate_shift days materialized"
+        )
+        result = generate(
+            offline_dir=self.settings.offline_dir,
+            scenario="covariate_shift",
+            days=self.shift_days,
+            **self._world(),
+        )
+        states = []
+        for day in result.days:
+            window = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
+            run_id = self._trigger("feature_materialization", window)
+            states.append(self._finished("feature_materialization", run_id)["state"])
+        self._check(
+            step, set(states) == {"success"}, f"{result.summary()}; materialization {states}"
+        )
+        self.rows.append(
+            ("data", result.summary().split(":")[0], "feature_materialization " + ",".join(states))
+        )
+
+        step = self._step("drift detected", "the drift monitor's verdict drift, asset updated")
+        as_of = (result.days[-1] + timedelta(days=1)).isoformat()
+        retrains_before = self._run_ids(f"{self.model}_retrain")
+        monitor_run = self._trigger(f"{self.model}_drift_monitor", {"as_of": as_of})
+        finished = self._finished(f"{self.model}_drift_monitor", monitor_run)
+        tasks = self._tasks(f"{self.model}_drift_monitor", monitor_run)
+        report = next(
+            (
+                r
+                for r in monitoring.drift_report_log(self.model, url=url)
+                if r["run_id"] == monitor_run
+            ),
+            None,
+        )
+        self._check(
+            step,
+            finished["state"] == "success" and tasks.get("announce_drift") == "success",
+            f"run {finished['state']}, announce_drift {tasks.get('announce_drift')}, verdict "
+            f"{report['verdict'] if report else 'none'}: {'; '.join(report['reasons']) if report else ''}",
+        )
+        self.rows.append(("drift report", f"#{report['id']}", "; ".join(report["reasons"])[:100]))
+
+        step = self._step(
+            "retrain through the drift asset", "an asset-triggered retrain that consumes the event"
+        )
+        retrain = self._wait(
+            "the asset-triggered retrain",
+            lambda: next(
+                (
+                    r
+                    for r in self._api(
+                        "GET",
+                        f"/api/v2/dags/{self.model}_retrain/dagRuns?limit=100&order_by=-run_after",
+                    )["dag_runs"]
+                    if r["dag_run_id"] not in retrains_before and r["run_type"] == "asset_triggered"
+                ),
+                None,
+            ),
+            timeout=300,
+        )
+        finished = self._finished(f"{self.model}_retrain", retrain["dag_run_id"])
+        consumed = [
+            e
+            for e in monitoring.drift_event_log(self.model, url=url)
+            if e["consumed_by_run_id"] == retrain["dag_run_id"]
+        ]
+        self._check(
+            step,
+            finished["state"] == "success" and bool(consumed),
+            f"run {retrain['dag_run_id']} {finished['state']}, consumed events {[e['id'] for e in consumed]}",
+        )
+        for event in consumed:
+            self.rows.append(
+                (
+                    "drift event",
+                    f"#{event['id']}",
+                    f"{event['status']} by {event['consumed_by_run_id']}",
+                )
+            )
+
+        step = self._step("policy decides", "the challenger promoted or rejected, with reasons")
+        decision = next(
+            (
+                a
+                for a in monitoring.audit_log(self.model, url=url)
+                if a["run_id"] == retrain["dag_run_id"]
+            ),
+            None,
+        )
+        self._check(
+            step,
+            decision is not None and decision["action"] in ("promoted", "rejected"),
+            f"v{decision['challenger_version']} {decision['action']}"
+            if decision
+            else "no decision recorded",
+        )
+        self.rows.append(
+            (
+                "decision",
+                f"v{decision['challenger_version']} {decision['action']}",
+                "; ".join(decision["reasons"])[:100],
+            )
+        )
+
+        step = self._step(
+            "corrupted batch blocked", "the retrain stops at validate_data, champion unchanged"
+        )
+        champion = registry.alias_version(self.model, registry.CHAMPION, self.settings)
+        versions = self._versions()
+        bad = generate(offline_dir=self.settings.offline_dir, days=1, corrupt=True, **self._world())
+        run_id = self._trigger(
+            f"{self.model}_retrain",
+            {
+                "end_date": (bad.days[-1] + timedelta(days=1)).isoformat(),
+                "reason": "demo: corrupted batch",
+            },
+        )
+        finished = self._finished(f"{self.model}_retrain", run_id)
+        tasks = self._tasks(f"{self.model}_retrain", run_id)
+        failed_checks = monitoring.validation_log(self.model, url=url)[0]["failed_checks"]
+        after = registry.alias_version(self.model, registry.CHAMPION, self.settings)
+        self._check(
+            step,
+            finished["state"] == "failed"
+            and tasks.get("validate_data") == "failed"
+            and after == champion
+            and self._versions() == versions,
+            f"run {finished['state']}, validate_data {tasks.get('validate_data')}, champion "
+            f"v{champion} -> v{after}, failed checks {[c['name'] for c in failed_checks]}",
+        )
+        self.rows.append(
+            ("validation", f"run {run_id}", ", ".join(c["name"] for c in failed_checks)[:100])
+        )
+        self.rows.append(("champion", f"v{after}", "after the demo"))
+
+    def _world(self) -> dict[str, int]:
+        manifest = offline.read_manifest(self.settings.offline_dir) or {}
+        return {
+            "seed": manifest.get("seed", 42),
+            "n_cards": manifest.get("cards", 2000),
+            "n_merchants": manifest.get("merchants", 300),
+        }
+
+    def table(self) -> str:
+        width = max((len(a) for a, _, _ in self.rows), default=10)
+        lines = ["", "what happened:"]
+        lines += [f"  {kind:<{width}}  {what:<24}  {detail}" for kind, what, detail in self.rows]
+        lines.append("")
+        lines += [
+            f"  [{'ok' if s.ok else 'FAIL'}] {s.name}: {s.observed or 'not reached'}"
+            for s in self.steps
+        ]
+        return "\n".join(lines)
