@@ -5,7 +5,8 @@
 3. the drift monitor detects the shift and updates the drift asset;
 4. the asset starts the retrain, whose challenger is promoted or rejected by the policy;
 5. a corrupted batch arrives; a retrain over it stops at validate_data, champion unchanged;
-6. the bad batch is quarantined, so the system is healthy again for the next run.
+6. the bad batch is quarantined (kept for inspection, read by no stage), so the system is
+   healthy again for the next run.
 
 Every step states what it expected and what it saw; a table of events, runs, versions,
 decisions and reasons ends the demo, and the exit code is non-zero if any step did not
@@ -25,6 +26,8 @@ from driftline.datagen import generate
 from driftline.errors import DriftlineError
 from driftline.settings import Settings
 from driftline.stack import Stack
+
+STEPS = 7  # the checks below, in order; a demo that stops early fails
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Demo:
             self.say(f"demo failed: {failure}")
         finally:
             self.say(self.table())
-        return all(step.ok for step in self.steps) and len(self.steps) == 7
+        return all(step.ok for step in self.steps) and len(self.steps) == STEPS
 
     def _loop(self) -> None:
         url = self.settings.monitoring_db_url
@@ -267,6 +270,21 @@ class Demo:
         self.rows.append(
             ("validation", f"run {run_id}", ", ".join(c["name"] for c in failed_checks)[:100])
         )
+
+        step = self._step(
+            "bad batch quarantined", "the corrupted day moved out of the offline store"
+        )
+        day = bad.days[-1]
+        target = offline.quarantine_day(
+            self.settings.offline_dir, day, f"demo: validation run {run_id} failed"
+        )
+        days = offline.list_days(self.settings.offline_dir)
+        self._check(
+            step,
+            day not in days and days[-1] == result.days[-1],
+            f"{day} moved to {target}; newest day now {days[-1] if days else 'none'}",
+        )
+        self.rows.append(("quarantine", day.isoformat(), str(target)))
         self.rows.append(("champion", f"v{after}", "after the demo"))
 
     def _world(self) -> dict[str, int]:

@@ -22,12 +22,23 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
 
+# MLflow's HTTP client retries an unreachable tracking server for ~4 minutes by default
+# (7 retries, backoff factor 2). driftline gives up after ~10 s instead, so a task fails
+# while Airflow's own retries (with their delay) take over; set the variables to override.
+MLFLOW_CLIENT_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
 
 def configure(settings: Settings | None = None) -> str:
     """Point MLflow at the settings' tracking store; returns the tracking URI."""
     settings = settings or get_settings()
     # no telemetry: these machines have no internet, and a DNS lookup per process is waste
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, default in MLFLOW_CLIENT_RETRIES.items():
+        os.environ.setdefault(name, default)
     import mlflow
 
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from driftline import monitoring, registry
-from driftline.demo import Demo
+from driftline.demo import STEPS, Demo
 from driftline.settings import get_settings
 from tests.e2e.conftest import MODEL, RunningStack
 
@@ -19,7 +19,7 @@ def test_demo_runs_the_whole_loop(running_stack: RunningStack) -> None:
     said: list[str] = []
     demo = Demo(running_stack.stack, say=said.append)
     assert demo.run(), "\n".join(said)
-    assert [step.ok for step in demo.steps] == [True] * 7
+    assert [step.ok for step in demo.steps] == [True] * STEPS
     table = "\n".join(said)
     for kind in ("drift report", "drift event", "decision", "validation", "quarantine"):
         assert kind in table

@@ -128,15 +128,20 @@ def test_sampled_verdicts_match_full_data(world: World, scenario: str) -> None:
     )
     current = _features(spec, window, get_settings(), labeled=False)
     full, _, _ = column_drift(spec, reference, current, sample_rows=10_000_000)
-    sampled, _, _ = column_drift(spec, reference, current, sample_rows=1_500)
-    assert len(reference) > 1_500 and len(current) > 1_500  # both sides are sampled
+    # a sample smaller than both sides; the error of a distance estimated from n rows shrinks
+    # like 1/sqrt(n), so at 4,000 rows a verdict 30% away from its threshold must not flip
+    rows = 4_000
+    assert len(reference) > rows and len(current) > rows
     clear_cut = [
-        c for c, v in full.items() if abs(v["score"] - v["threshold"]) > 0.25 * v["threshold"]
+        c for c, v in full.items() if abs(v["score"] - v["threshold"]) > 0.3 * v["threshold"]
     ]
     assert len(clear_cut) >= 8
-    assert {c: sampled[c]["drifted"] for c in clear_cut} == {
-        c: full[c]["drifted"] for c in clear_cut
-    }
+    for seed in (0, 1, 2):
+        sampled, _, _ = column_drift(spec, reference, current, sample_rows=rows, seed=seed)
+        scores = {c: (round(full[c]["score"], 4), round(sampled[c]["score"], 4)) for c in full}
+        assert {c: sampled[c]["drifted"] for c in clear_cut} == {
+            c: full[c]["drifted"] for c in clear_cut
+        }, (seed, scores)
 
 
 def test_bad_current_window_is_not_drift(world: World) -> None:
