@@ -79,8 +79,11 @@ def test_operator_triggers_a_run_from_the_form_and_sees_it_succeed(
 
             page.goto(f"{stack.url}/dags/{RETRAIN}/runs/{run['dag_run_id']}")
             page.get_by_text("success").first.wait_for(timeout=30_000)
-            # the train task links to the MLflow run and the model version
+            # the train task links to the MLflow run and the model version (the task
+            # instance's Details tab lists the extra links)
             page.goto(f"{stack.url}/dags/{RETRAIN}/runs/{run['dag_run_id']}/tasks/train")
+            page.get_by_text("Details", exact=True).first.click()
+            page.get_by_role("link", name="MLflow run").wait_for(timeout=30_000)
             link = page.get_by_role("link", name="Model version")
             link.wait_for(timeout=30_000)
             version = registry.alias_version(MODEL, registry.CHALLENGER)
