@@ -211,15 +211,21 @@ def dag(home: Path, as_of: datetime) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"airflow dags test failed:\n{stderr[-4000:]}")
     with sqlite3.connect(home / "airflow" / "airflow.db") as db:
-        run_id, run_state, run_start, run_end = db.execute(
-            "SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+        run_id, run_state = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
             (f"{MODEL}_retrain",),
         ).fetchone()
         tasks = db.execute(
             "SELECT task_id, state, duration FROM task_instance WHERE dag_id = ? AND run_id = ?",
             (f"{MODEL}_retrain", run_id),
         ).fetchall()
-    run_s = (datetime.fromisoformat(run_end) - datetime.fromisoformat(run_start)).total_seconds()
+        # `dags test` stamps the run's start_date with the logical date, so the run's span is
+        # taken from its task instances: first task start to last task end
+        first_start, last_end = db.execute(
+            "SELECT MIN(start_date), MAX(end_date) FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            (f"{MODEL}_retrain", run_id),
+        ).fetchone()
+    run_s = (datetime.fromisoformat(last_end) - datetime.fromisoformat(first_start)).total_seconds()
     return {
         "state": run_state,
         "total_s": round(total, 2),
@@ -252,7 +258,7 @@ def report(size: str, result: dict) -> str:
     lines += [
         f"| **whole retrain** | **{d['total_s']}** | **{d['peak_rss_gb']}** | **{g['run_s']}** (DAG run) |",
         "",
-        f"- DAG overhead over the direct run: {overhead:.0f} % (DAG run start to end, {g['state']}); "
+        f"- DAG overhead over the direct run: {overhead:.0f} % (first task start to last task end, {g['state']}); "
         f"{process_overhead:.0f} % counting the `airflow dags test` process from its start "
         f"({g['total_s']} s, peak RSS {g['peak_rss_gb']} GB)",
         f"- Feast point-in-time join of {f['entity_rows']} rows: {f['feast_get_historical_features']['seconds']} s "
