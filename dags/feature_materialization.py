@@ -29,9 +29,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 from driftline_airflow.assets import feature_view_asset
 from driftline_airflow.notifiers import DriftlineNotifier
+from driftline_airflow.params import optional_date
 
 from driftline.specs import feature_views_in_use
 
@@ -75,20 +76,8 @@ def _materialize_task(view: str) -> Any:
     tags=["driftline", "feast"],
     doc_md=__doc__,
     params={
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Window start",
-            description="YYYY-MM-DD; empty = the run's data interval start.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Window end",
-            description="YYYY-MM-DD; empty = the run's data interval end.",
-        ),
+        "start": optional_date("Window start", "the run's data interval start"),
+        "end": optional_date("Window end", "the run's data interval end"),
     },
 )
 def feature_materialization() -> None:

@@ -31,11 +31,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from driftline_airflow.assets import drift_asset
 from driftline_airflow.links import ReportLink, with_links
 from driftline_airflow.notifiers import DriftlineNotifier
+from driftline_airflow.params import optional_date
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -62,13 +63,7 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
         tags=["driftline", "monitoring", model, *spec.tags],
         doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
         params={
-            "as_of": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                title="As-of date",
-                description="YYYY-MM-DD; empty = the run's data interval end.",
-            ),
+            "as_of": optional_date("As-of date", "the run's data interval end"),
         },
     )
     def drift_monitor() -> None:

@@ -66,6 +66,7 @@ from driftline_airflow.links import (
     with_links,
 )
 from driftline_airflow.notifiers import DriftlineNotifier
+from driftline_airflow.params import optional_date
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -119,13 +120,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
                 title="Training window (days)",
                 description=f"Days of matured labels to train on ({minimum_window}–365).",
             ),
-            "end_date": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                title="As-of date",
-                description="YYYY-MM-DD; empty = the run's data interval end.",
-            ),
+            "end_date": optional_date("As-of date", "the run's data interval end"),
             "dry_run": Param(
                 False,
                 type="boolean",
