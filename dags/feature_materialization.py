@@ -31,8 +31,7 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from driftline_airflow.assets import feature_view_asset
-from driftline_airflow.notifiers import DriftlineNotifier
-from driftline_airflow.params import optional_date
+from driftline_airflow.dag_args import default_args, optional_date
 
 from driftline.specs import feature_views_in_use
 
@@ -67,12 +66,7 @@ def _materialize_task(view: str) -> Any:
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "driftline",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "on_failure_callback": DriftlineNotifier(event="failure"),
-    },
+    default_args=default_args("driftline", retry_delay=timedelta(minutes=1)),
     tags=["driftline", "feast"],
     doc_md=__doc__,
     params={

@@ -28,15 +28,15 @@ Watches the champion for drift, nightly. One DAG per model spec in `include/mode
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from driftline_airflow.assets import drift_asset
+from driftline_airflow.dag_args import default_args, optional_date
 from driftline_airflow.links import ReportLink, with_links
 from driftline_airflow.notifiers import DriftlineNotifier
-from driftline_airflow.params import optional_date
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -54,12 +54,7 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
         # the last one it "missed" (CronTriggerTimetable.run_immediately)
         catchup=False,
         max_active_runs=1,
-        default_args={
-            "owner": spec.owner,
-            "retries": 2,
-            "retry_delay": timedelta(seconds=30),
-            "on_failure_callback": DriftlineNotifier(event="failure"),
-        },
+        default_args=default_args(spec.owner),
         tags=["driftline", "monitoring", model, *spec.tags],
         doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
         params={

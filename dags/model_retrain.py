@@ -46,7 +46,7 @@ most once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import (
@@ -59,6 +59,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 from driftline_airflow.assets import watched_drift_asset
+from driftline_airflow.dag_args import default_args, optional_date
 from driftline_airflow.links import (
     MlflowRunLink,
     ModelVersionLink,
@@ -66,7 +67,6 @@ from driftline_airflow.links import (
     with_links,
 )
 from driftline_airflow.notifiers import DriftlineNotifier
-from driftline_airflow.params import optional_date
 
 from driftline.specs import ModelSpec, load_specs
 
@@ -103,12 +103,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
         # the last one it "missed" (CronTriggerTimetable.run_immediately)
         catchup=False,
         max_active_runs=1,
-        default_args={
-            "owner": spec.owner,
-            "retries": 2,
-            "retry_delay": timedelta(seconds=30),
-            "on_failure_callback": DriftlineNotifier(event="failure"),
-        },
+        default_args=default_args(spec.owner),
         tags=["driftline", "retrain", model, *spec.tags],
         doc_md=f"**{model}** — {spec.description}\n\n" + DOC.replace("<model>", model),
         params={

@@ -184,20 +184,33 @@ def record_validation(
     run_id: str | None = None,
     url: str | None = None,
 ) -> int:
+    return _append(
+        validation_results,
+        url,
+        created_at=_now(),
+        model=model,
+        passed=passed,
+        failed_checks=failed_checks,
+        fingerprint=fingerprint,
+        report_uri=report_uri,
+        dag_id=dag_id,
+        run_id=run_id,
+    )
+
+
+def _append(table: sa.Table, url: str | None, **values: Any) -> int:
+    """Insert one row of an append-only table; returns its id."""
     with engine(url).begin() as conn:
-        result = conn.execute(
-            validation_results.insert().values(
-                created_at=_now(),
-                model=model,
-                passed=passed,
-                failed_checks=failed_checks,
-                fingerprint=fingerprint,
-                report_uri=report_uri,
-                dag_id=dag_id,
-                run_id=run_id,
-            )
-        )
-        return int(result.inserted_primary_key[0])
+        return int(conn.execute(table.insert().values(**values)).inserted_primary_key[0])
+
+
+def _newest(table: sa.Table, model: str, limit: int, url: str | None) -> list[dict[str, Any]]:
+    """A model's rows of ``table``, newest first."""
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(table).where(table.c.model == model).order_by(table.c.id.desc()).limit(limit)
+        ).mappings()
+        return [dict(row) for row in rows]
 
 
 # --- champion state and audit ---------------------------------------------------------------
@@ -281,69 +294,46 @@ def append_audit(
     run_id: str | None = None,
     url: str | None = None,
 ) -> int:
-    with engine(url).begin() as conn:
-        result = conn.execute(
-            promotion_audit.insert().values(
-                created_at=_now(),
-                model=model,
-                action=action,
-                challenger_version=challenger_version,
-                champion_before=champion_before,
-                champion_after=champion_after,
-                reasons=reasons or [],
-                metrics=metrics or {},
-                actor=actor,
-                reason=reason,
-                dag_id=dag_id,
-                run_id=run_id,
-            )
-        )
-        return int(result.inserted_primary_key[0])
+    return _append(
+        promotion_audit,
+        url,
+        created_at=_now(),
+        model=model,
+        action=action,
+        challenger_version=challenger_version,
+        champion_before=champion_before,
+        champion_after=champion_after,
+        reasons=reasons or [],
+        metrics=metrics or {},
+        actor=actor,
+        reason=reason,
+        dag_id=dag_id,
+        run_id=run_id,
+    )
 
 
 def audit_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
     """Newest first."""
-    with engine(url).connect() as conn:
-        rows = conn.execute(
-            sa.select(promotion_audit)
-            .where(promotion_audit.c.model == model)
-            .order_by(promotion_audit.c.id.desc())
-            .limit(limit)
-        ).mappings()
-        return [dict(row) for row in rows]
+    return _newest(promotion_audit, model, limit, url)
 
 
 def validation_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
-    with engine(url).connect() as conn:
-        rows = conn.execute(
-            sa.select(validation_results)
-            .where(validation_results.c.model == model)
-            .order_by(validation_results.c.id.desc())
-            .limit(limit)
-        ).mappings()
-        return [dict(row) for row in rows]
+    """Newest first."""
+    return _newest(validation_results, model, limit, url)
 
 
 # --- drift reports and events ---------------------------------------------------------------
 
 
 def record_drift_report(*, url: str | None = None, **values: Any) -> int:
-    with engine(url).begin() as conn:
-        result = conn.execute(drift_reports.insert().values(created_at=_now(), **values))
-        return int(result.inserted_primary_key[0])
+    return _append(drift_reports, url, created_at=_now(), **values)
 
 
 def drift_report_log(
     model: str, *, limit: int = 20, url: str | None = None
 ) -> list[dict[str, Any]]:
-    with engine(url).connect() as conn:
-        rows = conn.execute(
-            sa.select(drift_reports)
-            .where(drift_reports.c.model == model)
-            .order_by(drift_reports.c.id.desc())
-            .limit(limit)
-        ).mappings()
-        return [dict(row) for row in rows]
+    """Newest first."""
+    return _newest(drift_reports, model, limit, url)
 
 
 def create_drift_event(
@@ -360,20 +350,18 @@ def create_drift_event(
     if status not in EVENT_STATUSES:
         raise DriftlineError(f"drift event status {status!r} is not one of {EVENT_STATUSES}")
     now = _now()
-    with engine(url).begin() as conn:
-        result = conn.execute(
-            drift_events.insert().values(
-                created_at=now,
-                model=model,
-                source=source,
-                payload=payload,
-                report_id=report_id,
-                status=status,
-                status_reason=reason,
-                updated_at=now,
-            )
-        )
-        return int(result.inserted_primary_key[0])
+    return _append(
+        drift_events,
+        url,
+        created_at=now,
+        model=model,
+        source=source,
+        payload=payload,
+        report_id=report_id,
+        status=status,
+        status_reason=reason,
+        updated_at=now,
+    )
 
 
 def new_drift_events(model: str | None = None, *, url: str | None = None) -> list[dict[str, Any]]:

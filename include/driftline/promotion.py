@@ -97,21 +97,32 @@ def promote(
     except (ChampionMoved, DriftlineError):
         raise
     except Exception as exc:
-        monitoring.append_audit(
-            model=model,
-            action="failed",
+        _audit(
+            model,
+            "failed",
+            context,
+            settings.monitoring_db_url,
             actor=actor or context.triggered_by,
             challenger_version=version,
             champion_before=expected_champion,
             champion_after=expected_champion,
             reasons=[f"promotion failed, nothing moved: {type(exc).__name__}: {exc}", *reasons],
             metrics=metrics,
-            reason=context.reason,
-            dag_id=context.dag_id,
-            run_id=context.run_id,
-            url=settings.monitoring_db_url,
         )
         raise
+
+
+def _audit(model: str, action: str, context: RunContext, url: str, **fields: Any) -> None:
+    """One promotion_audit row, carrying the run's reason, dag id and run id."""
+    monitoring.append_audit(
+        model=model,
+        action=action,
+        reason=context.reason,
+        dag_id=context.dag_id,
+        run_id=context.run_id,
+        url=url,
+        **fields,
+    )
 
 
 def _promote(
@@ -147,19 +158,17 @@ def _promote(
             f"{_v(expected_champion)} to {_v(now_champion)} since evaluation "
             "(compare-and-set refused); re-run the evaluation against the new champion"
         )
-        monitoring.append_audit(
-            model=model,
-            action="aborted",
+        _audit(
+            model,
+            "aborted",
+            context,
+            url,
             actor=actor,
             challenger_version=version,
             champion_before=expected_champion,
             champion_after=now_champion,
             reasons=[message, *reasons],
             metrics=metrics,
-            reason=context.reason,
-            dag_id=context.dag_id,
-            run_id=context.run_id,
-            url=url,
         )
         registry.set_tags(
             model, version, {"decision": "aborted", "decision_reasons": message}, settings
@@ -195,19 +204,17 @@ def _promote(
         registry.set_tags(
             model, expected_champion, {"superseded_by": version, "superseded_at": now}, settings
         )
-    monitoring.append_audit(
-        model=model,
-        action=action,
+    _audit(
+        model,
+        action,
+        context,
+        url,
         actor=actor,
         challenger_version=version,
         champion_before=expected_champion,
         champion_after=version,
         reasons=reasons,
         metrics=metrics,
-        reason=context.reason,
-        dag_id=context.dag_id,
-        run_id=context.run_id,
-        url=url,
     )
     message = f"{model}: champion {_v(expected_champion)} -> v{version} ({action} by {actor})"
     log.info(message)
@@ -257,19 +264,17 @@ def record_rejection(
         model, version, {"decision": action, "decision_reasons": " | ".join(reasons)}, settings
     )
     if not _already_done(model, action, version, context, settings.monitoring_db_url):
-        monitoring.append_audit(
-            model=model,
-            action=action,
+        _audit(
+            model,
+            action,
+            context,
+            settings.monitoring_db_url,
             actor=context.triggered_by,
             challenger_version=version,
             champion_before=champion,
             champion_after=champion,
             reasons=reasons,
             metrics=metrics,
-            reason=context.reason,
-            dag_id=context.dag_id,
-            run_id=context.run_id,
-            url=settings.monitoring_db_url,
         )
     message = f"{model} version {version} {action.replace('_', ' ')}: " + "; ".join(reasons)
     log.info(message)
