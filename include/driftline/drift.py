@@ -11,10 +11,12 @@ Three questions, each against the champion version's own reference sample and me
   older than ``label_delay_days``), the champion's primary metric against its training
   holdout value.
 
-Statistics are computed on a uniform random sample of at most ``sample_rows`` rows per side
-(fixed seed). The drift scores are distribution distances whose sampling error shrinks like
-1/sqrt(n) — about 0.005 at 50k rows, against thresholds of 0.1 — so the verdicts match the
-full data (tests/integration/test_drift_monitor.py checks this) at a fraction of the cost.
+Statistics are computed on a uniform sample of at most ``sample_rows`` rows per side, drawn
+by seeded row hashes so the same data gives the same verdict whatever order it arrives in.
+The drift scores are distribution distances whose sampling error shrinks like 1/sqrt(n):
+measured at 4,000 rows a standard deviation of at most 0.015 per column, so about 0.004 at
+the default 50k rows, against thresholds of 0.1 (tests/integration/test_drift_monitor.py
+bounds it; `make bench` compares verdicts with Evidently on 1M full rows).
 Bad data is not drift: a window with no rows, missing columns or all-null columns fails
 with a clear message and raises no event.
 """
@@ -152,7 +154,16 @@ def check_current(spec: ModelSpec, frame: pd.DataFrame, window: Window) -> None:
 
 
 def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    return frame.sample(n=rows, random_state=seed) if len(frame) > rows else frame
+    """A uniform sample of ``rows`` rows that depends on the rows' values, not their order.
+
+    The rows with the smallest seeded hashes: Feast's join returns rows in no fixed order,
+    and a positional sample would give the same data a different verdict on each run.
+    """
+    if len(frame) <= rows:
+        return frame
+    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=f"driftline{seed:07d}")
+    picked = np.sort(np.argpartition(hashes.to_numpy(), rows)[:rows])
+    return frame.iloc[picked]
 
 
 def column_drift(

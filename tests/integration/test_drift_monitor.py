@@ -128,20 +128,36 @@ def test_sampled_verdicts_match_full_data(world: World, scenario: str) -> None:
     )
     current = _features(spec, window, get_settings(), labeled=False)
     full, _, _ = column_drift(spec, reference, current, sample_rows=10_000_000)
-    # a sample smaller than both sides; the error of a distance estimated from n rows shrinks
-    # like 1/sqrt(n), so at 4,000 rows a verdict 30% away from its threshold must not flip
+    # samples smaller than both sides: a distance estimated from n rows errs by ~1/sqrt(n);
+    # measured at 4,000 rows a standard deviation of at most 0.015 per column (20 seeds,
+    # largest gap 0.04) near the thresholds, plus up to ~10 % of a large distance, which is
+    # normalized by the sampled reference's spread. Bounded at 0.06 + 15 % here; at the
+    # default 50,000 rows the absolute part scales to 0.017 against thresholds of 0.1.
     rows = 4_000
+
+    def tolerance(score: float) -> float:
+        return 0.06 + 0.15 * score
+
     assert len(reference) > rows and len(current) > rows
+    # verdicts farther than the tolerance from their threshold cannot flip
     clear_cut = [
-        c for c, v in full.items() if abs(v["score"] - v["threshold"]) > 0.3 * v["threshold"]
+        c for c, v in full.items() if abs(v["score"] - v["threshold"]) > tolerance(v["score"])
     ]
-    assert len(clear_cut) >= 8
-    for seed in (0, 1, 2):
+    assert len(clear_cut) >= 5
+    for seed in range(5):
         sampled, _, _ = column_drift(spec, reference, current, sample_rows=rows, seed=seed)
         scores = {c: (round(full[c]["score"], 4), round(sampled[c]["score"], 4)) for c in full}
+        assert all(abs(a - b) <= tolerance(a) for a, b in scores.values()), (seed, scores)
         assert {c: sampled[c]["drifted"] for c in clear_cut} == {
             c: full[c]["drifted"] for c in clear_cut
         }, (seed, scores)
+    # the sample depends on the rows, not on the order Feast returned them in
+    shuffled = current.sample(frac=1.0, random_state=7)
+    again, _, _ = column_drift(spec, reference, shuffled, sample_rows=rows, seed=0)
+    first, _, _ = column_drift(spec, reference, current, sample_rows=rows, seed=0)
+    assert {c: again[c]["score"] for c in full} == pytest.approx(
+        {c: first[c]["score"] for c in full}, abs=1e-9
+    )
 
 
 def test_bad_current_window_is_not_drift(world: World) -> None:
