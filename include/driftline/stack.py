@@ -317,14 +317,34 @@ class Stack:
                     tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise DriftlineError(f"{name} exited during start-up; its log ends:\n{tail}")
             last = self.health()
-            if last and all(
-                (last.get(component) or {}).get("status") == "healthy" for component in components
+            if (
+                last
+                and all(
+                    (last.get(component) or {}).get("status") == "healthy"
+                    for component in components
+                )
+                and self.mlflow_healthy()
             ):
                 return last
             time.sleep(2)
-        raise DriftlineError(
-            f"the stack at {self.url} did not become healthy in {timeout:.0f} s: {last}"
+        mlflow = (
+            ""
+            if self.mlflow_healthy()
+            else f"; the MLflow server at {self.mlflow_url} does not answer"
         )
+        raise DriftlineError(
+            f"the stack at {self.url} did not become healthy in {timeout:.0f} s: {last}{mlflow}"
+        )
+
+    def mlflow_healthy(self) -> bool:
+        """The MLflow server this stack started answers its health check (True if none)."""
+        if not self.mlflow_url:
+            return True
+        try:
+            with urllib.request.urlopen(f"{self.mlflow_url}/health", timeout=3) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def password(self, user: str) -> str:
         if not self.passwords_file.is_file():
