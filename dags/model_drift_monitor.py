@@ -80,8 +80,10 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
                 result = monitor(spec, as_of=moment, context=run_context(context))
             except NoChampion as nothing:
                 raise AirflowSkipException(str(nothing)) from None
-            except DriftlineError as bad_data:
-                raise AirflowFailException(str(bad_data)) from None
+            except DriftlineError as failed:
+                if failed.retryable:  # a service was down: let Airflow retry
+                    raise
+                raise AirflowFailException(str(failed)) from None
             return result.event_extra()
 
         @task.short_circuit

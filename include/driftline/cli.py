@@ -314,7 +314,7 @@ def quarantine(
 
     try:
         target = offline.quarantine_day(get_settings().offline_dir, date.fromisoformat(day), reason)
-    except ValueError as exc:
+    except (ValueError, DriftlineError) as exc:
         _fail(f"--day {day!r}: {exc}")
     typer.echo(f"quarantined {day} to {target}")
 
