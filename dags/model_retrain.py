@@ -6,16 +6,25 @@ in `include/models/` (`fraud_detection_retrain` for the shipped example).
 
 **Triggered by** the spec's weekly cron (`schedule.retrain`), **or** by drift: an event on
 the asset `drift://<model>` — from the model's drift monitor, from the Airflow REST API, or
-from a row in the monitoring store's `drift_events` table (an AssetWatcher in the
-triggerer) — or by an operator with the trigger form. At most one run at a time.
+from a row in the monitoring store's `drift_events` table (the asset's AssetWatcher, polling
+from the triggerer) — or by an operator with the trigger form. At most one run at a time.
 
-**Storm protection**: `admit_trigger` lets at most one drift-triggered run through per
-`drift.cooldown_hours`. Events that arrive together collapse into one run; a drift-triggered
-run inside the cooldown skips every task and marks its events *suppressed* with the reason.
-Every event records the run that consumed it.
+**Drift events** are delivered at least once and take effect once. The watcher claims rows
+(`new` → `emitted`); a claim no run consumed within `drift.event_lease_seconds` is delivered
+again. `admit_trigger` validates every asset event's extra (unknown keys, event ids of
+another model or already consumed, a `window` outside the data: *rejected*, with the reason
+in the event table and the audit log), records events another run already took as
+duplicates, and retrains only on events nobody consumed yet.
+
+**Storm protection**: at most one drift-triggered retrain per `drift.cooldown_hours`. The
+watcher merges rows that arrive while a claim is on its way and suppresses rows inside the
+cooldown, with the reason; `admit_trigger` applies the same cooldown to REST and monitor
+events: a drift-triggered run inside it skips every task and marks its events *suppressed*.
+Every event records the run that consumed it (`driftline events`).
 
 **Tasks**
-0. `admit_trigger` — storm protection for drift-triggered runs (see above).
+0. `admit_trigger` — validation, duplicates and storm protection for drift-triggered runs
+   (see above).
 1. `build_training_set` — matured-label entity rows of the training window joined
    point-in-time with the model's Feast feature service; written to the run's directory
    with a fingerprint (hash, rows, window, feature service).
@@ -58,7 +67,7 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException
-from driftline_airflow.assets import watched_drift_asset
+from driftline_airflow.assets import drift_asset
 from driftline_airflow.dag_args import default_args, optional_date
 from driftline_airflow.links import (
     MlflowRunLink,
@@ -89,7 +98,9 @@ def _as_of(
     return data_interval_end or datetime.now(UTC)
 
 
-def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
+def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) -> Any:
+    # known_models is no longer needed (the watcher reads the model specs while it runs);
+    # the parameter stays so the spec loop at the bottom keeps its call
     model = spec.name
     minimum_window = spec.training.validation_days + spec.training.holdout_days + 1
 
@@ -97,7 +108,7 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str]) -> Any:
         dag_id=f"{model}_retrain",
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(spec.schedule.retrain, timezone="UTC"),
-            assets=watched_drift_asset(model, known_models, spec.drift.event_poll_seconds),
+            assets=drift_asset(model),
         ),
         # no start_date: an unpaused DAG waits for its next cron time instead of running
         # the last one it "missed" (CronTriggerTimetable.run_immediately)

@@ -8,6 +8,7 @@ model, ``model_state``, changes only through a guarded compare-and-set update.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -340,10 +341,12 @@ def create_drift_event(
     *,
     model: str,
     source: str,
-    payload: dict[str, Any],
+    payload: Any,
     status: str = "new",
     report_id: int | None = None,
     reason: str = "",
+    dag_id: str | None = None,
+    run_id: str | None = None,
     url: str | None = None,
 ) -> int:
     """Append a drift event. Outside systems insert rows with status ``new`` themselves."""
@@ -360,17 +363,67 @@ def create_drift_event(
         report_id=report_id,
         status=status,
         status_reason=reason,
+        consumed_by_dag_id=dag_id,
+        consumed_by_run_id=run_id,
         updated_at=now,
     )
 
 
+# Rows of drift_events are written by outside systems, so a row may hold anything: a payload
+# that is not JSON, a timestamp SQLite cannot parse. Reading them through the JSON and
+# DateTime types would raise for the whole result set and stop every model's events; so the
+# readers below fetch those columns raw and decode each row on its own. A row that does not
+# decode comes back with ``problem`` set (and the raw text in its place) instead of raising.
+_RAW_COLUMNS = ("payload", "created_at", "updated_at")
+
+
+def _raw_event_select() -> sa.Select:
+    return sa.select(
+        *(
+            sa.type_coerce(column, sa.Text).label(column.name)
+            if column.name in _RAW_COLUMNS
+            else column
+            for column in drift_events.columns
+        )
+    )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        moment = value
+    else:
+        moment = datetime.fromisoformat(str(value))
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # SQLite keeps no offset; driftline writes UTC
+    return moment
+
+
+def _decode_event(raw: Any) -> dict[str, Any]:
+    row = dict(raw)
+    problems = []
+    if isinstance(row["payload"], str):
+        try:
+            row["payload"] = json.loads(row["payload"])
+        except ValueError as exc:
+            problems.append(f"payload is not JSON ({exc}): {row['payload'][:200]!r}")
+    for name in ("created_at", "updated_at"):
+        try:
+            row[name] = _timestamp(row[name])
+        except (TypeError, ValueError):
+            problems.append(f"{name} is not a timestamp: {str(row[name])[:100]!r}")
+            row[name] = None
+    row["problem"] = "; ".join(problems) or None
+    return row
+
+
 def new_drift_events(model: str | None = None, *, url: str | None = None) -> list[dict[str, Any]]:
     """Events still in status ``new`` (oldest first), for one model or all."""
-    query = sa.select(drift_events).where(drift_events.c.status == "new")
+    query = _raw_event_select().where(drift_events.c.status == "new")
     if model is not None:
         query = query.where(drift_events.c.model == model)
     with engine(url).connect() as conn:
-        return [dict(row) for row in conn.execute(query.order_by(drift_events.c.id)).mappings()]
+        rows = conn.execute(query.order_by(drift_events.c.id)).mappings()
+        return [_decode_event(row) for row in rows]
 
 
 def transition_event(
@@ -381,31 +434,34 @@ def transition_event(
     reason: str = "",
     dag_id: str | None = None,
     run_id: str | None = None,
+    claimed_before: datetime | None = None,
     url: str | None = None,
 ) -> bool:
-    """Guarded status change; False when the event is not in one of ``from_statuses``."""
+    """Guarded status change; False when the event is not in one of ``from_statuses`` (or,
+    with ``claimed_before``, was touched since then: a lease that someone else renewed)."""
     if to_status not in EVENT_STATUSES:
         raise DriftlineError(f"drift event status {to_status!r} is not one of {EVENT_STATUSES}")
     values: dict[str, Any] = {"status": to_status, "status_reason": reason, "updated_at": _now()}
     if dag_id is not None:
         values.update(consumed_by_dag_id=dag_id, consumed_by_run_id=run_id)
+    elif to_status in ("new", "emitted"):
+        values.update(consumed_by_dag_id=None, consumed_by_run_id=None)
+    guard = [drift_events.c.id == event_id, drift_events.c.status.in_(from_statuses)]
+    if claimed_before is not None:
+        guard.append(drift_events.c.updated_at < claimed_before)
     with engine(url).begin() as conn:
-        result = conn.execute(
-            drift_events.update()
-            .where(drift_events.c.id == event_id, drift_events.c.status.in_(from_statuses))
-            .values(**values)
-        )
+        result = conn.execute(drift_events.update().where(*guard).values(**values))
         return result.rowcount == 1
 
 
 def drift_event(event_id: int, *, url: str | None = None) -> dict[str, Any] | None:
     with engine(url).connect() as conn:
         row = (
-            conn.execute(sa.select(drift_events).where(drift_events.c.id == event_id))
+            conn.execute(_raw_event_select().where(drift_events.c.id == event_id))
             .mappings()
             .one_or_none()
         )
-        return dict(row) if row else None
+        return _decode_event(row) if row else None
 
 
 def drift_event_log(
@@ -416,17 +472,46 @@ def drift_event_log(
     url: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first."""
-    query = sa.select(drift_events)
+    query = _raw_event_select()
     if model is not None:
         query = query.where(drift_events.c.model == model)
     if statuses:
         query = query.where(drift_events.c.status.in_(statuses))
     with engine(url).connect() as conn:
         rows = conn.execute(query.order_by(drift_events.c.id.desc()).limit(limit)).mappings()
-        return [dict(row) for row in rows]
+        return [_decode_event(row) for row in rows]
+
+
+def event_counts(model: str, *, url: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per status: how many events a model has and when the oldest of them was last updated."""
+    query = (
+        sa.select(
+            drift_events.c.status,
+            sa.func.count().label("count"),
+            sa.type_coerce(sa.func.min(drift_events.c.updated_at), sa.Text).label("oldest"),
+        )
+        .where(drift_events.c.model == model)
+        .group_by(drift_events.c.status)
+    )
+    with engine(url).connect() as conn:
+        counts = {}
+        for row in conn.execute(query).mappings():
+            try:
+                oldest = _timestamp(row["oldest"])
+            except (TypeError, ValueError):
+                oldest = None
+            counts[row["status"]] = {"count": int(row["count"]), "oldest": oldest}
+        return counts
 
 
 def last_consumed_event(model: str, *, url: str | None = None) -> dict[str, Any] | None:
-    """The newest event a retrain run consumed (what the cooldown counts from)."""
-    rows = drift_event_log(model, statuses=("consumed",), limit=1, url=url)
-    return rows[0] if rows else None
+    """The event a retrain run consumed most recently (what the cooldown counts from)."""
+    query = (
+        _raw_event_select()
+        .where(drift_events.c.model == model, drift_events.c.status == "consumed")
+        .order_by(drift_events.c.updated_at.desc(), drift_events.c.id.desc())
+        .limit(1)
+    )
+    with engine(url).connect() as conn:
+        row = conn.execute(query).mappings().one_or_none()
+        return _decode_event(row) if row else None

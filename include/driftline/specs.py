@@ -78,10 +78,14 @@ class DriftSpec(_Strict):
     # fewer positives than this make a PR-AUC estimate too noisy to call decay
     min_labeled_positives: int = Field(50, ge=1)
     sample_rows: int = Field(50_000, ge=1000)
-    # at most one drift-triggered retrain per cooldown; later events are suppressed, recorded
+    # at most one drift-triggered retrain per cooldown; later events are suppressed, recorded.
+    # Fractions are fine: 0.05 is three minutes.
     cooldown_hours: float = Field(24, ge=0)
     # how often the AssetWatcher polls the monitoring store for new drift events
     event_poll_seconds: float = Field(5.0, gt=0)
+    # an event the watcher claimed (emitted) that no retrain run consumed within this lease
+    # goes back to new and is delivered again (a triggerer died between claim and asset event)
+    event_lease_seconds: float = Field(300, ge=10)
 
 
 class TrainingSpec(_Strict):

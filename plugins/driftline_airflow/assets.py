@@ -1,4 +1,16 @@
-"""The Airflow assets of driftline, built the same way by every DAG file that names them."""
+"""The Airflow assets of driftline: one function per asset, used by every DAG file that
+names it.
+
+Airflow keeps one definition per asset URI, and the dag-processor writes whichever file it
+parsed last. If one file declared ``drift://<model>`` with its AssetWatcher and another
+without, every parse of the second would remove the watcher (its trigger cancelled) and the
+next parse of the first would start a new one — the watcher would be up a few seconds out
+of every parse cycle. So each asset is built here and only here, watchers included, from
+nothing but its name: the watcher's trigger reads everything else it needs (poll interval,
+lease, cooldown, the known models) from the model spec while it runs, which also means a
+spec edit never restarts it. tests/dags/test_asset_definitions.py holds every DAG file to
+this.
+"""
 
 from __future__ import annotations
 
@@ -14,25 +26,17 @@ def feature_view_asset(view: str) -> Asset:
 
 
 def drift_asset(model: str) -> Asset:
-    """Drift of a model: updated by its drift monitor, or by outside systems."""
-    return Asset(name=drift_uri(model), uri=drift_uri(model))
+    """Drift of a model: updated by its drift monitor, by outside systems over the REST API,
+    and by the AssetWatcher on the monitoring store's drift_events table.
 
-
-def watched_drift_asset(model: str, known_models: list[str], poll_interval: float = 5.0) -> Asset:
-    """The drift asset with an AssetWatcher on the monitoring store's drift_events table.
-
-    Only the DAG scheduled on it declares the watcher (and Airflow runs a watcher only while
-    that DAG is unpaused).
+    Airflow runs the watcher only while a DAG scheduled on the asset (``<model>_retrain``)
+    is unpaused; declaring it from the monitor's outlet as well is what keeps the definition
+    identical.
     """
     return Asset(
         name=drift_uri(model),
         uri=drift_uri(model),
         watchers=[
-            AssetWatcher(
-                name=f"{model}_drift_events",
-                trigger=DriftEventTrigger(
-                    model=model, known_models=known_models, poll_interval=poll_interval
-                ),
-            )
+            AssetWatcher(name=f"{model}_drift_events", trigger=DriftEventTrigger(model=model))
         ],
     )

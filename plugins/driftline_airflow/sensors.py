@@ -39,7 +39,6 @@ class DriftEventSensor(BaseSensorOperator):
         self.defer(
             trigger=DriftEventTrigger(
                 model=self.model,
-                known_models=[self.model],
                 mode="observe",
                 after_id=newest_event_id(),
                 poll_interval=self.poll_interval,

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk import BaseHook, Connection, Variable
+from airflow.sdk import Asset, BaseHook, Connection, Variable
+from airflow.serialization.encoders import encode_asset_like
 
 
 class ParseTimeAccess(RuntimeError):
@@ -28,6 +29,26 @@ def _forbid(what: str) -> Any:
         raise ParseTimeAccess(f"{what} at parse time")
 
     return refuse
+
+
+def _assets(dag: Any) -> list[dict[str, Any]]:
+    """Every asset a DAG names (schedule, outlets, inlets), serialized the way the
+    dag-processor writes it: watchers and their triggers' kwargs included."""
+
+    def walk(condition: Any) -> list[Any]:  # Asset, or AssetAny/AssetAll of them
+        if isinstance(condition, Asset):
+            return [condition]
+        return [a for part in getattr(condition, "objects", []) for a in walk(part)]
+
+    named = [("schedule", asset) for asset in walk(getattr(dag.timetable, "asset_condition", None))]
+    for task in dag.tasks:
+        for kind in ("outlets", "inlets"):
+            named += [(f"{task.task_id}.{kind}", a) for a in getattr(task, kind) or []]
+    return [
+        {"uri": asset.uri, "where": f"{dag.dag_id}:{where}", "definition": encode_asset_like(asset)}
+        for where, asset in named
+        if isinstance(asset, Asset)
+    ]
 
 
 def main(path: str) -> None:
@@ -56,6 +77,7 @@ def main(path: str) -> None:
                 "doc_md": dag.doc_md or "",
                 "params": sorted(dag.params.keys()),
                 "tasks": sorted(task.task_id for task in dag.tasks),
+                "assets": _assets(dag),
             }
         )
     errors = {key: str(value) for key, value in bag.import_errors.items()}

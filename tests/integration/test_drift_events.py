@@ -67,11 +67,14 @@ def test_two_events_inside_the_cooldown_make_one_retrain(driftline_home: Path) -
 
 def test_events_arriving_together_collapse_into_one_run(driftline_home: Path) -> None:
     watcher_rows = [raise_event(MODEL, {"reason": "external monitor"}) for _ in range(2)]
-    claimed = claim_new_events(MODEL, [MODEL])
+    claimed = claim_new_events(MODEL)
     assert [row["id"] for row in claimed] == watcher_rows
     asset_events = [
         {
-            "extra": {"from_trigger": True, "payload": {"drift_event_ids": watcher_rows}},
+            "extra": {
+                "from_trigger": True,
+                "payload": {"model": MODEL, "drift_event_ids": watcher_rows},
+            },
             "timestamp": T0.isoformat(),
             "source": "api",
         },
@@ -101,10 +104,8 @@ def test_watcher_claims_each_row_once_and_rejects_bad_rows(driftline_home: Path)
     not_an_object = raise_event(MODEL, ["drift", "!"])  # type: ignore[arg-type]
     bad_share = raise_event(MODEL, {"share_drifted": 7})
     unknown = raise_event("churn_model", {"reason": "drift"})
-    assert [row["id"] for row in claim_new_events(MODEL, [MODEL])] == [good]
-    assert (
-        claim_new_events(MODEL, [MODEL]) == []
-    )  # a second poll (or a restarted trigger) finds nothing
+    assert [row["id"] for row in claim_new_events(MODEL)] == [good]
+    assert claim_new_events(MODEL) == []  # a second poll (or a restarted trigger) finds nothing
     statuses = {i: monitoring.drift_event(i) for i in (good, not_an_object, bad_share, unknown)}
     assert statuses[good]["status"] == "emitted"
     assert statuses[not_an_object]["status"] == "rejected"
@@ -135,7 +136,7 @@ def test_trigger_outlives_an_unreachable_store(
     monkeypatch.setenv(
         "DRIFTLINE_MONITORING_DB_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none"
     )
-    trigger = DriftEventTrigger(model=MODEL, known_models=[MODEL], poll_interval=0.2)
+    trigger = DriftEventTrigger(model=MODEL, poll_interval=0.2)
 
     async def scenario() -> dict:
         pending = asyncio.ensure_future(_first_event(trigger, timeout=30))
@@ -150,7 +151,7 @@ def test_trigger_outlives_an_unreachable_store(
 
 
 def test_trigger_serializes_for_the_triggerer() -> None:
-    trigger = DriftEventTrigger(model=MODEL, known_models=["b", MODEL], poll_interval=2.0)
+    trigger = DriftEventTrigger(model=MODEL, poll_interval=2.0)
     path, kwargs = trigger.serialize()
     assert path == "driftline_airflow.triggers.DriftEventTrigger"
     assert DriftEventTrigger(**kwargs).serialize() == (path, kwargs)
