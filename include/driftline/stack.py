@@ -254,6 +254,37 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
 
+    def kill_component(self, name: str) -> None:
+        """SIGKILL one recorded component's process group, no grace (crash drills)."""
+        pgid = self.recorded().get("processes", {}).get(name)
+        if pgid is None:
+            raise DriftlineError(f"no {name} recorded for {self.settings.home}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+    def restart_component(self, name: str, extra_env: dict[str, str] | None = None) -> int:
+        """Start one stopped Airflow component again (optionally with more environment,
+        e.g. a test hook) and record it."""
+        recorded = self.recorded()
+        log = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("airflow")), name],
+            env={**self.env(), **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        recorded.setdefault("processes", {})[name] = process.pid
+        self.state_file.write_text(json.dumps(recorded, indent=2))
+        return process.pid
+
     def restart_mlflow(self) -> int:
         """Start the MLflow process again and record it."""
         recorded = self.recorded()

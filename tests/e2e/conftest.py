@@ -112,11 +112,12 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         home = tmp_path_factory.mktemp("stack") / "state"
         home.mkdir()
         isolate_environment(patch, home)
-        # a spec without cooldown, so each event of the tests starts its own retrain
+        # a spec without cooldown, so each event of the tests starts its own retrain (the
+        # storm test sets a cooldown of minutes for its duration), and a short lease
         models = home / "models"
         models.mkdir()
         raw = yaml.safe_load((REPO_ROOT / "include" / "models" / f"{MODEL}.yaml").read_text())
-        raw["drift"].update(cooldown_hours=0, event_poll_seconds=2)
+        raw["drift"].update(cooldown_hours=0, event_poll_seconds=2, event_lease_seconds=45)
         (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(raw))
         patch.setenv("DRIFTLINE_MODELS_DIR", str(models))
         connection = {
