@@ -213,6 +213,62 @@ def drift_event(
     typer.echo(f"drift event {event_id} recorded for {model} (status new)")
 
 
+events_app = typer.Typer(
+    help="The drift-event queue: list events with their status and reason; requeue one.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(events_app, name="events")
+
+
+@events_app.callback()
+def events(
+    ctx: typer.Context,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="only events in this status (new, emitted, consumed, suppressed, "
+            "rejected); repeatable"
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="one model (default: all)")] = None,
+    limit: Annotated[int, typer.Option(help="newest N events", min=1)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """The drift-event queue: list events with their status and reason; requeue one.
+
+    Without a subcommand, lists the newest events (e.g. `driftline events --status rejected`).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from driftline import monitoring
+    from driftline.status import event_rows, render_events
+
+    unknown = [s for s in status or [] if s not in monitoring.EVENT_STATUSES]
+    if unknown:
+        _fail(f"--status {unknown[0]!r} is not one of {', '.join(monitoring.EVENT_STATUSES)}")
+    try:
+        rows = event_rows(model, statuses=tuple(status or ()), limit=limit)
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(rows, indent=2, default=str) if as_json else render_events(rows))
+
+
+@events_app.command("requeue")
+def events_requeue(
+    event_id: Annotated[int, typer.Option("--id", help="the drift event to put back")],
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")] = "",
+) -> None:
+    """Put a rejected, suppressed or stuck (emitted) drift event back to new; audited."""
+    from driftline.events import requeue
+
+    try:
+        row = requeue(event_id, actor=_actor(), reason=reason)
+    except DriftlineError as exc:
+        _fail(str(exc))
+    typer.echo(f"drift event {event_id} of {row['model']} is new again; the watcher delivers it")
+
+
 @app.command()
 def status(
     model: Annotated[str | None, typer.Option(help="one model (default: every spec)")] = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from driftline import monitoring, registry
@@ -12,6 +12,75 @@ from driftline.specs import load_specs
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _age(value: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, for a human: 42s, 7m, 3h, 2d."""
+    if value is None:
+        return "?"
+    seconds = max(0, int(((now or datetime.now(UTC)) - value).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def events_by_status(model: str, *, url: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per status: how many drift events, and the age of the oldest (since its last change) —
+    an old ``new`` or ``emitted`` is an event stuck on its way."""
+    now = datetime.now(UTC)
+    counts = monitoring.event_counts(model, url=url)
+    return {
+        status: {
+            "count": counts[status]["count"],
+            "oldest_age": _age(counts[status]["oldest"], now),
+            "oldest_at": _when(counts[status]["oldest"]),
+        }
+        for status in monitoring.EVENT_STATUSES
+        if status in counts
+    }
+
+
+def event_rows(
+    model: str | None = None,
+    *,
+    statuses: tuple[str, ...] = (),
+    limit: int = 50,
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """The newest drift events with their status, age and reason (``driftline events``)."""
+    settings = settings or get_settings()
+    now = datetime.now(UTC)
+    return [
+        {
+            "id": row["id"],
+            "model": row["model"],
+            "status": row["status"],
+            "age": _age(row["updated_at"], now),
+            "created_at": _when(row["created_at"]),
+            "updated_at": _when(row["updated_at"]),
+            "source": row["source"],
+            "run_id": row["consumed_by_run_id"],
+            "reason": row["status_reason"] or (row["problem"] or ""),
+        }
+        for row in monitoring.drift_event_log(
+            model, statuses=statuses or None, limit=limit, url=settings.monitoring_db_url
+        )
+    ]
+
+
+def render_events(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no drift events"
+    lines = [f"{'id':>6}  {'model':<18} {'status':<10} {'age':>5}  source / run / reason"]
+    for row in rows:
+        lines.append(
+            f"{row['id']:>6}  {row['model']:<18} {row['status']:<10} {row['age']:>5}  "
+            f"{row['source']}" + (f"  run {row['run_id']}" if row["run_id"] else "")
+        )
+        if row["reason"]:
+            lines.append(f"{'':>8}{row['reason']}")
+    return "\n".join(lines)
 
 
 def model_status(
@@ -52,6 +121,7 @@ def model_status(
             "at": _when(row["created_at"]),
             "source": row["source"],
             "status": row["status"],
+            "age": _age(row["updated_at"]),
             "payload": row["payload"],
         }
         for row in monitoring.drift_event_log(model, statuses=("new", "emitted"), url=url)
@@ -81,6 +151,7 @@ def model_status(
         "model": model,
         "aliases": aliases,
         "decisions": audit,
+        "drift_events_by_status": events_by_status(model, url=url),
         "open_drift_events": open_events,
         "recent_drift_events": recent_events,
         "last_drift_report": last_report,
@@ -110,6 +181,11 @@ def render(statuses: list[dict[str, Any]]) -> str:
         if not entry["decisions"]:
             lines.append("    none yet")
         for row in entry["decisions"]:
+            if row["version"] is None:  # an event's audit row: requeued, rejected, duplicate
+                lines.append(f"    {row['at']}  {row['action']:<15} by {row['actor']}")
+                for reason in row["reasons"][:2]:
+                    lines.append(f"        - {reason}")
+                continue
             lines.append(
                 f"    {row['at']}  {row['action']:<15} v{row['version']}  champion "
                 f"{row['champion_before'] or '-'} -> {row['champion_after'] or '-'}  by {row['actor']}"
@@ -122,9 +198,21 @@ def render(statuses: list[dict[str, Any]]) -> str:
                 f"  last drift check: {report['at']}  {report['verdict']}  "
                 f"share drifted {report['share_drifted']:.0%}"
             )
+        by_status = entry["drift_events_by_status"]
+        lines.append(
+            "  drift events: "
+            + (
+                ", ".join(
+                    f"{status} {info['count']} (oldest {info['oldest_age']})"
+                    for status, info in by_status.items()
+                )
+                or "none"
+            )
+        )
         lines.append(f"  open drift events: {len(entry['open_drift_events'])}")
         for event in entry["open_drift_events"]:
             lines.append(
                 f"    #{event['id']} {event['at']} {event['status']} from {event['source']}"
+                f" ({event['age']} in this status)"
             )
     return "\n".join(lines)
