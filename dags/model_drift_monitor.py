@@ -20,7 +20,9 @@ Watches the champion for drift, nightly. One DAG per model spec in `include/mode
 2. `drift_detected` — continues only on a drift verdict.
 3. `announce_drift` — updates the asset `drift://<model>` with the summary (share drifted,
    top features, reasons, report URI, drift event id). That asset event starts
-   `<model>_retrain`.
+   `<model>_retrain`. The asset is built by the same function as the retrain DAG's schedule
+   (`drift_asset`), watcher included: Airflow keeps one definition per asset, and a second,
+   different one would cancel the drift-event watcher on every parse.
 
 **Params**
 - `as_of` — evaluate as of this date (YYYY-MM-DD); empty means the run's data interval end.
