@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
 DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
 
-.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast bench generate apply materialize clean-state
+.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast bench bench-events generate apply materialize clean-state
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,10 @@ test-fast: setup ## unit and DAG-integrity tests only
 bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
 	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
 	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
+	$(BIN)/python bench/event_latency_bench.py
+
+bench-events: setup ## drift event -> retrain first task latency on the embedded stack (p50/p95)
+	$(BIN)/python bench/event_latency_bench.py
 
 generate: setup ## append DAYS (default 1) of SCENARIO (default baseline) data to the offline store
 	$(BIN)/driftline generate --scenario $${SCENARIO:-baseline} --days $${DAYS:-1}
