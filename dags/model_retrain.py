@@ -55,7 +55,7 @@ most once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import (
@@ -80,22 +80,6 @@ from driftline_airflow.notifiers import DriftlineNotifier
 from driftline.specs import ModelSpec, load_specs
 
 DOC = __doc__
-
-
-def _as_of(
-    params: dict[str, Any], data_interval_end: datetime | None, events: list[dict]
-) -> datetime:
-    """The param if given; for a run started by the drift monitor, the end of the window it
-    found drift in; else the run's data interval end."""
-    if params.get("end_date"):
-        day = datetime.fromisoformat(params["end_date"])
-        return day if day.tzinfo else day.replace(tzinfo=UTC)
-    windows = [
-        e["extra"]["window"][1] for e in events if isinstance(e["extra"].get("window"), list)
-    ]
-    if windows:
-        return max(datetime.fromisoformat(end) for end in windows)
-    return data_interval_end or datetime.now(UTC)
 
 
 def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) -> Any:
@@ -171,14 +155,18 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) ->
         @task
         def build_training_set(data_interval_end: datetime | None = None) -> dict[str, Any]:
             from driftline import retrain as stages
+            from driftline.clock import retrain_as_of
 
             context = get_current_context()
             params = context["params"]
-            return stages.build(
+            # one clock for every trigger (cron, operator, REST, drift asset): see the doc
+            as_of = retrain_as_of(
                 model,
-                as_of=_as_of(params, data_interval_end, asset_events(context["dag_run"])),
-                window_days=params["window_days"],
-                context=run_context(context),
+                end_date=params.get("end_date"),
+                reference=data_interval_end or context["dag_run"].run_after,
+            )
+            return stages.build(
+                model, as_of=as_of, window_days=params["window_days"], context=run_context(context)
             )
 
         @task
@@ -203,8 +191,14 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) ->
         @task
         def evaluate(built: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
+            from driftline.errors import DriftlineError
 
-            return stages.evaluate(model, built["run_dir"], trained["version"])
+            try:
+                return stages.evaluate(model, built["run_dir"], trained["version"])
+            except DriftlineError as failed:
+                if failed.retryable:  # the champion or a store could not be read: retry
+                    raise
+                raise AirflowFailException(str(failed)) from None
 
         @task.branch
         def decide(built: dict[str, Any]) -> str:

@@ -134,7 +134,10 @@ def _actor() -> str:
 @app.command()
 def retrain(
     model: Annotated[str, typer.Option(help="model spec name")] = "fraud_detection",
-    as_of: Annotated[str | None, typer.Option(help="as-of date or time (default: now)")] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="as-of date, UTC midnight (default: today, capped at the newest data)"),
+    ] = None,
     window_days: Annotated[int | None, typer.Option(help="days of matured labels")] = None,
     dry_run: Annotated[bool, typer.Option(help="never move an alias")] = False,
     reason: Annotated[str, typer.Option(help="recorded in the audit log")] = "",
@@ -151,9 +154,10 @@ def retrain(
         dry_run=dry_run,
     )
     try:
-        result = stages.run_all(
-            model, as_of=_as_of(as_of), context=context, window_days=window_days
-        )
+        from driftline.clock import retrain_as_of
+
+        moment = retrain_as_of(model, end_date=_parse_moment(as_of, "--as-of"), reference=None)
+        result = stages.run_all(model, as_of=moment, context=context, window_days=window_days)
     except DriftlineError as exc:
         _fail(str(exc))
     decision = result["decision"]

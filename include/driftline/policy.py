@@ -1,15 +1,31 @@
-"""The promotion policy: a pure function from metrics to a decision with its reasons.
+"""The promotion policy: a pure function from evidence to a decision with its reasons.
 
-Inputs are the challenger's and (if any) the champion's metrics on the same holdout; the
-rules come from the model spec's ``promotion`` block. With no champion yet, the floors and
-the holdout size alone decide. Every rule that fails becomes a reason; a promotion carries
-the reasons that made it pass.
+The evidence is the challenger's and (if any) the champion's metrics on the same
+comparison set — labeled rows after *both* models' training data ends — plus a paired
+bootstrap interval of the primary metric's difference on those rows and the guard metrics
+per declared slice. The rules come from the model spec's ``promotion`` block.
+
+Three outcomes:
+
+* ``promote`` — every rule holds: the floors, the interval's *lower bound* of the primary
+  metric's gain clears ``min_improvement``, no guard metric regresses beyond
+  ``max_regression`` overall or in any judged slice;
+* ``reject`` — some rule fails; every failed rule is a reason;
+* ``inconclusive`` — a champion exists but too few rows (or positives) are newer than both
+  models' training data to compare them fairly. The champion stays; the reasons say what
+  was missing and from which as-of date a fair comparison becomes possible.
+
+With no champion yet, the floors and the holdout size alone decide. The bootstrap
+(:func:`paired_interval`) is pure numpy with a fixed seed: the same rows give the same
+interval.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from driftline.specs import PromotionSpec
 
@@ -20,19 +36,76 @@ HIGHER_IS_BETTER = {
     "log_loss": False,
     "brier": False,
 }
+PROMOTE, REJECT, INCONCLUSIVE = "promote", "reject", "inconclusive"
+# resamples are drawn in chunks so memory stays flat (chunk x rows float64 matrices)
+_CHUNK = 64
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired bootstrap interval of the challenger's gain in one metric (positive = better)."""
+
+    metric: str
+    gain: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.level:.0%} interval [{self.low:+.4f}, {self.high:+.4f}] "
+            f"over {self.resamples} paired resamples"
+        )
+
+
+@dataclass(frozen=True)
+class SliceEvidence:
+    """Guard metrics of both models on the rows of one slice value (None: not judged)."""
+
+    column: str
+    value: str
+    rows: int
+    positives: int
+    challenger: dict[str, float] | None = None
+    champion: dict[str, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.column}={self.value}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the policy judges. ``rows``/``positives`` count the comparison set."""
+
+    challenger: dict[str, float]
+    champion: dict[str, float] | None
+    rows: int
+    positives: int
+    champion_version: str | None = None
+    interval: Interval | None = None
+    slices: tuple[SliceEvidence, ...] = ()
+    comparison_window: tuple[str, str] | None = None
+    fair_from: str | None = None
+
+    @property
+    def has_champion(self) -> bool:
+        return self.champion_version is not None or self.champion is not None
 
 
 @dataclass(frozen=True)
 class Decision:
-    promote: bool
+    outcome: str
     reasons: list[str] = field(default_factory=list)
 
     @property
-    def outcome(self) -> str:
-        return "promote" if self.promote else "reject"
+    def promote(self) -> bool:
+        return self.outcome == PROMOTE
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "outcome": self.outcome}
+        return {**asdict(self), "promote": self.promote}
 
 
 def _gain(metric: str, challenger: float, champion: float) -> float:
@@ -40,25 +113,156 @@ def _gain(metric: str, challenger: float, champion: float) -> float:
     return challenger - champion if HIGHER_IS_BETTER[metric] else champion - challenger
 
 
-def decide(
-    policy: PromotionSpec,
+def _weighted(
+    metric: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, target_fpr: float
+) -> np.ndarray:
+    """``metric`` of ``scores`` under each row of ``weights`` (resample counts), vectorized.
+
+    Ranking metrics group tied scores the way scikit-learn does, so with weights of one they
+    equal ``average_precision_score`` / ``roc_auc_score`` / recall at ``target_fpr``.
+    """
+    scores = np.clip(scores, _EPS, 1 - _EPS)
+    if metric == "log_loss":
+        per_row = -(labels * np.log(scores) + (1 - labels) * np.log(1 - scores))
+        return weights @ per_row / weights.sum(axis=1)
+    if metric == "brier":
+        return weights @ (scores - labels) ** 2 / weights.sum(axis=1)
+    order = np.argsort(-scores, kind="stable")
+    ordered, y = scores[order], labels[order]
+    w = weights[:, order]
+    ends = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]
+    tp = np.cumsum(w * y, axis=1)[:, ends]
+    fp = np.cumsum(w * (1 - y), axis=1)[:, ends]
+    positives, negatives = tp[:, -1:], fp[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "pr_auc":
+            precision = tp / np.maximum(tp + fp, _EPS)
+            recall_step = np.diff(tp, axis=1, prepend=0.0) / positives
+            return (recall_step * precision).sum(axis=1)
+        tpr = np.hstack([np.zeros((len(w), 1)), tp / positives])
+        fpr = np.hstack([np.zeros((len(w), 1)), fp / negatives])
+    if metric == "roc_auc":
+        return (np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2).sum(axis=1)
+    if metric == "recall_at_fpr":
+        return np.array([np.interp(target_fpr, f, t) for f, t in zip(fpr, tpr, strict=True)])
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_interval(
+    metric: str,
+    labels: np.ndarray,
+    challenger_scores: np.ndarray,
+    champion_scores: np.ndarray,
     *,
+    level: float,
+    resamples: int,
+    seed: int,
+    target_fpr: float = 0.01,
+) -> Interval:
+    """Bootstrap the challenger's gain in ``metric`` on the same resampled rows for both.
+
+    Each resample draws the rows with replacement once and scores both models on it, so the
+    interval measures the difference, not two independent noises. Percentile interval at
+    ``level`` (two-sided), fixed ``seed``.
+    """
+    labels = np.asarray(labels, dtype=float)
+    challenger_scores = np.asarray(challenger_scores, dtype=float)
+    champion_scores = np.asarray(champion_scores, dtype=float)
+    rows = len(labels)
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    ones = np.ones((1, rows))
+    point = sign * (
+        _weighted(metric, labels, challenger_scores, ones, target_fpr)[0]
+        - _weighted(metric, labels, champion_scores, ones, target_fpr)[0]
+    )
+    rng = np.random.default_rng(seed)
+    gains = []
+    for start in range(0, resamples, _CHUNK):
+        size = min(_CHUNK, resamples - start)
+        picks = rng.integers(0, rows, size=(size, rows))
+        offsets = (np.arange(size) * rows)[:, None]
+        weights = np.bincount((picks + offsets).ravel(), minlength=size * rows)
+        weights = weights.reshape(size, rows).astype(float)
+        gains.append(
+            sign
+            * (
+                _weighted(metric, labels, challenger_scores, weights, target_fpr)
+                - _weighted(metric, labels, champion_scores, weights, target_fpr)
+            )
+        )
+    values = np.concatenate(gains)
+    values = values[np.isfinite(values)]  # a resample without positives has no PR-AUC
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail]) if len(values) else (np.nan, np.nan)
+    return Interval(
+        metric=metric,
+        gain=float(point),
+        low=float(low),
+        high=float(high),
+        level=level,
+        resamples=resamples,
+    )
+
+
+def _too_small(policy: PromotionSpec, evidence: Evidence, what: str) -> list[str]:
+    problems = []
+    if evidence.rows < policy.min_holdout_rows:
+        problems.append(f"{what} too small: {evidence.rows} rows < {policy.min_holdout_rows}")
+    if evidence.positives < policy.min_holdout_positives:
+        problems.append(
+            f"{what} has too few positives: {evidence.positives} < {policy.min_holdout_positives}"
+        )
+    return problems
+
+
+def _guards(
+    policy: PromotionSpec,
     challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    holdout_rows: int,
-    holdout_positives: int,
-) -> Decision:
-    """Promote only when every rule holds; otherwise reject with every failed rule."""
+    champion: dict[str, float],
+    where: str,
+    passes: list[str],
+    failures: list[str],
+) -> None:
+    for metric, tolerance in sorted(policy.max_regression.items()):
+        regression = -_gain(metric, challenger[metric], champion[metric])
+        if regression > tolerance:
+            failures.append(
+                f"{metric}{where} regresses by {regression:.4f} ({champion[metric]:.4f} -> "
+                f"{challenger[metric]:.4f}), more than the allowed {tolerance}"
+            )
+        else:
+            passes.append(f"{metric}{where} within tolerance ({regression:+.4f} <= {tolerance})")
+
+
+def decide(policy: PromotionSpec, evidence: Evidence) -> Decision:
+    """Promote only when every rule holds; reject with every failed rule; or inconclusive."""
+    window = evidence.comparison_window
+    span = f" [{window[0]}, {window[1]})" if window else ""
+    if evidence.has_champion:
+        missing = _too_small(policy, evidence, "comparison set")
+        if evidence.champion is None and not missing:
+            missing = ["the champion was not scored on it"]
+        if missing:
+            when = (
+                f"; a fair comparison becomes possible as of {evidence.fair_from}"
+                if evidence.fair_from
+                else ""
+            )
+            return Decision(
+                INCONCLUSIVE,
+                [
+                    f"inconclusive: no fair comparison — {evidence.rows} labeled rows "
+                    f"({evidence.positives} positives) are newer than both models' training "
+                    f"data{span}: " + "; ".join(missing) + when,
+                    "the champion stays",
+                ],
+            )
+
     failures: list[str] = []
     passes: list[str] = []
+    failures += _too_small(policy, evidence, "holdout")
 
-    if holdout_rows < policy.min_holdout_rows:
-        failures.append(f"holdout too small: {holdout_rows} rows < {policy.min_holdout_rows}")
-    if holdout_positives < policy.min_holdout_positives:
-        failures.append(
-            f"holdout has too few positives: {holdout_positives} < {policy.min_holdout_positives}"
-        )
-
+    challenger = evidence.challenger
     for metric, floor in sorted(policy.floors.items()):
         value = challenger[metric]
         ok = value >= floor if HIGHER_IS_BETTER[metric] else value <= floor
@@ -67,31 +271,36 @@ def decide(
             f"{metric} {value:.4f} {word if ok else 'fails'} floor {floor}"
         )
 
+    champion = evidence.champion
     if champion is None:
         passes.append("no champion yet: the floors decide")
     else:
         primary = policy.primary_metric
         gain = _gain(primary, challenger[primary], champion[primary])
-        if gain >= policy.min_improvement:
-            passes.append(
-                f"{primary} improves by {gain:+.4f} ({champion[primary]:.4f} -> "
-                f"{challenger[primary]:.4f}), at least {policy.min_improvement}"
-            )
+        interval = evidence.interval
+        low = interval.low if interval is not None else gain
+        bounds = f", {interval.describe()}" if interval is not None else ""
+        text = (
+            f"{primary} improves by {gain:+.4f} ({champion[primary]:.4f} -> "
+            f"{challenger[primary]:.4f}) on{span or ' the comparison set'}{bounds}"
+        )
+        if low >= policy.min_improvement:
+            passes.append(f"{text}; lower bound {low:+.4f} >= {policy.min_improvement}")
         else:
             failures.append(
-                f"{primary} improves by {gain:+.4f} ({champion[primary]:.4f} -> "
-                f"{challenger[primary]:.4f}), less than the required {policy.min_improvement}"
+                f"{text}; lower bound {low:+.4f} is less than the required {policy.min_improvement}"
             )
-        for metric, tolerance in sorted(policy.max_regression.items()):
-            regression = -_gain(metric, challenger[metric], champion[metric])
-            if regression > tolerance:
-                failures.append(
-                    f"{metric} regresses by {regression:.4f} ({champion[metric]:.4f} -> "
-                    f"{challenger[metric]:.4f}), more than the allowed {tolerance}"
+        _guards(policy, challenger, champion, "", passes, failures)
+        for piece in evidence.slices:
+            if piece.challenger is None or piece.champion is None:
+                passes.append(
+                    f"slice {piece.name} not judged: {piece.rows} rows, {piece.positives} "
+                    f"positives (< {policy.min_holdout_positives} or one class only)"
                 )
-            else:
-                passes.append(f"{metric} within tolerance ({regression:+.4f} <= {tolerance})")
+                continue
+            where = f" in slice {piece.name}"
+            _guards(policy, piece.challenger, piece.champion, where, passes, failures)
 
     if failures:
-        return Decision(promote=False, reasons=failures)
-    return Decision(promote=True, reasons=passes)
+        return Decision(REJECT, failures)
+    return Decision(PROMOTE, passes)

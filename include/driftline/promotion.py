@@ -255,11 +255,13 @@ def record_rejection(
     reasons: list[str],
     metrics: dict[str, Any] | None = None,
     champion: str | None = None,
+    inconclusive: bool = False,
     settings: Settings | None = None,
 ) -> PromotionResult:
-    """A challenger that stays a challenger keeps its reasons (tags and an audit row)."""
+    """A challenger that stays a challenger keeps its reasons (tags and an audit row);
+    ``inconclusive``: it was not rejected, there was no fair comparison to make."""
     settings = settings or get_settings()
-    action = "dry_run" if context.dry_run else "rejected"
+    action = "dry_run" if context.dry_run else "inconclusive" if inconclusive else "rejected"
     registry.set_tags(
         model, version, {"decision": action, "decision_reasons": " | ".join(reasons)}, settings
     )

@@ -127,42 +127,59 @@ def evaluate(
 def decide(
     model: str, directory: str, *, context: RunContext, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Apply the spec's promotion policy to the evaluation; writes decision.json."""
+    """Apply the spec's promotion policy to the evaluation; writes decision.json.
+
+    ``promote`` moves the champion; ``reject`` and ``inconclusive`` both take the
+    keep-champion branch (the run succeeds), with the outcome and its reasons recorded."""
     from driftline.evaluation import read_evaluation
-    from driftline.policy import Decision
+    from driftline.files import write_json
+    from driftline.policy import REJECT, Decision
     from driftline.policy import decide as apply_policy
 
     settings = settings or get_settings()
     spec = load_spec(model, settings.models_dir)
     evaluation = read_evaluation(Path(directory))
-    decision = apply_policy(
-        spec.promotion,
-        challenger=evaluation.challenger_metrics,
-        champion=evaluation.champion_metrics,
-        holdout_rows=evaluation.holdout_rows,
-        holdout_positives=evaluation.holdout_positives,
-    )
+    decision = apply_policy(spec.promotion, evaluation.evidence())
     reasons = [*evaluation.notes, *decision.reasons]
     if context.dry_run:
-        decision = Decision(
-            promote=False, reasons=[f"dry run: policy would {decision.outcome}", *reasons]
-        )
+        decision = Decision(REJECT, [f"dry run: policy would {decision.outcome}", *reasons])
     else:
-        decision = Decision(promote=decision.promote, reasons=reasons)
+        decision = Decision(decision.outcome, reasons)
     result = {
         **decision.as_dict(),
         "challenger_version": evaluation.challenger_version,
         "champion_version": evaluation.champion_version,
         "challenger_metrics": evaluation.challenger_metrics,
         "champion_metrics": evaluation.champion_metrics,
+        "as_of": evaluation.as_of,
+        "comparison_window": evaluation.comparison_window,
+        "comparison_rows": evaluation.comparison_rows,
+        "comparison_positives": evaluation.comparison_positives,
+        "trained_until": evaluation.trained_until,
+        "fair_from": evaluation.fair_from,
+        "interval": evaluation.interval,
+        "slices": evaluation.slices,
     }
-    (Path(directory) / DECISION_FILE).write_text(json.dumps(result, indent=2))
+    write_json(Path(directory) / DECISION_FILE, result)
     log.info("%s: %s — %s", model, decision.outcome, "; ".join(decision.reasons))
     return result
 
 
 def _decision(directory: str) -> dict[str, Any]:
     return json.loads((Path(directory) / DECISION_FILE).read_text())
+
+
+def _evidence(decision: dict[str, Any]) -> dict[str, Any]:
+    """What the audit keeps of a decision: metrics, the comparison window, interval, slices."""
+    return {
+        "challenger": decision["challenger_metrics"],
+        "champion": decision["champion_metrics"],
+        "as_of": decision.get("as_of"),
+        "comparison_window": decision.get("comparison_window"),
+        "comparison_rows": decision.get("comparison_rows"),
+        "interval": decision.get("interval"),
+        "slices": decision.get("slices"),
+    }
 
 
 def promote(
@@ -177,10 +194,7 @@ def promote(
         expected_champion=decision["champion_version"],
         context=context,
         reasons=decision["reasons"],
-        metrics={
-            "challenger": decision["challenger_metrics"],
-            "champion": decision["champion_metrics"],
-        },
+        metrics=_evidence(decision),
         settings=settings,
     ).as_dict()
 
@@ -188,7 +202,9 @@ def promote(
 def keep_champion(
     model: str, directory: str, *, context: RunContext, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """The rejected (or dry-run) branch: the challenger keeps its reasons, nothing moves."""
+    """The rejected, inconclusive or dry-run branch: the challenger keeps its reasons,
+    nothing moves."""
+    from driftline.policy import INCONCLUSIVE
     from driftline.promotion import record_rejection
 
     decision = _decision(directory)
@@ -197,11 +213,9 @@ def keep_champion(
         decision["challenger_version"],
         context=context,
         reasons=decision["reasons"],
-        metrics={
-            "challenger": decision["challenger_metrics"],
-            "champion": decision["champion_metrics"],
-        },
+        metrics=_evidence(decision),
         champion=decision["champion_version"],
+        inconclusive=decision["outcome"] == INCONCLUSIVE,
         settings=settings,
     ).as_dict()
 

@@ -121,6 +121,13 @@ class PromotionSpec(_Strict):
     max_regression: dict[Metric, float] = Field(default_factory=lambda: {"roc_auc": 0.01})
     min_holdout_rows: int = Field(1000, ge=1)
     min_holdout_positives: int = Field(20, ge=1)
+    # promote only when this two-sided paired-bootstrap interval of the primary metric's
+    # gain has its lower bound at or above min_improvement
+    confidence: float = Field(0.9, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+    bootstrap_seed: int = 0
+    # categorical features whose every value must also hold the max_regression guards
+    slices: tuple[str, ...] = ()
 
 
 class ScheduleSpec(_Strict):
@@ -162,6 +169,16 @@ class ModelSpec(_Strict):
             )
         if self.label in names:
             raise ValueError(f"the label {self.label!r} is also listed as a feature")
+        return self
+
+    @model_validator(mode="after")
+    def _slices_are_categorical(self) -> ModelSpec:
+        unknown = [s for s in self.promotion.slices if s not in self.categorical]
+        if unknown:
+            raise ValueError(
+                f"promotion.slices {unknown} must be declared categorical features "
+                f"(declared: {sorted(self.categorical)})"
+            )
         return self
 
     @property

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 PREDICTION = "prediction"
+TRAINED_UNTIL = "trained_until"
 PIP_REQUIREMENTS = ["xgboost==3.2.0", "pandas==2.3.3"]
 
 
@@ -242,6 +243,10 @@ def train(
         "training_positives": fingerprint.positives,
         "window_start": fingerprint.window["start"],
         "window_end": fingerprint.window["end"],
+        "as_of": fingerprint.window["as_of"],
+        # the end of the rows that trained or early-stopped this model: no fair comparison
+        # may use a row before it (evaluation.py)
+        TRAINED_UNTIL: split.holdout_start.isoformat(),
         "model_spec": spec.source,
         "reference_artifact": REFERENCE_ARTIFACT,
         "best_iteration": booster.attr("best_iteration"),

@@ -17,7 +17,10 @@ import pytest
 from driftline import monitoring, offline, registry
 from driftline.datagen import generate
 from driftline.feature_store import apply_repo
-from tests.airflow_env import airflow_env, migrated_database, run_airflow
+from driftline.lineage import RunContext, run_dir
+from driftline.settings import get_settings
+from driftline.training_set import read_fingerprint
+from tests.airflow_env import airflow_env, create_dag_run, migrated_database, run_airflow
 from tests.conftest import SMALL, START, isolate_environment
 
 pytestmark = pytest.mark.airflow
@@ -32,10 +35,11 @@ class Stack:
         self.home = home
         self.env = env
 
-    def dags_test(self, conf: dict) -> tuple[str, dict[str, str], str]:
+    def dags_test(self, conf: dict, logical_date: str = AS_OF) -> tuple[str, dict[str, str], str]:
         """Run the DAG once; returns (run state, task states, combined output)."""
+        conf = {"end_date": AS_OF, **conf}
         result = run_airflow(
-            ["dags", "test", DAG_ID, AS_OF, "--conf", json.dumps({"end_date": AS_OF, **conf})],
+            ["dags", "test", DAG_ID, logical_date, "--conf", json.dumps(conf)],
             self.env,
             check=False,
         )
@@ -128,6 +132,97 @@ def test_second_run_on_same_data_follows_policy(stack: Stack) -> None:
     assert tags["decision"] == "rejected"
     assert "pr_auc improves by +0.0000" in tags["decision_reasons"]
     assert monitoring.audit_log(MODEL)[0]["action"] == "rejected"
+
+
+def test_a_champion_trained_on_the_challengers_holdout_is_inconclusive(stack: Stack) -> None:
+    # the champion (as of 2026-02-10) trained until 2026-01-30; as of 2026-02-06 the window
+    # ends on 01-30, so the challenger's holdout (01-26 .. 01-30) holds only rows the
+    # champion learned from. The old evaluation compared on them; now there is no fair set.
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    assert registry.version_info(MODEL, champion).tags["trained_until"] == (
+        "2026-01-30T00:00:00+00:00"
+    )
+    state, tasks, output = stack.dags_test({"end_date": "2026-02-06", "reason": "too early"})
+    assert state == "success", output[-3000:]
+    assert tasks["promote"] == "skipped" and tasks["keep_champion"] == "success"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    challenger = registry.alias_version(MODEL, registry.CHALLENGER)
+    tags = registry.version_info(MODEL, challenger).tags
+    assert tags["decision"] == "inconclusive"
+    assert tags["trained_until"] == "2026-01-26T00:00:00+00:00"
+    assert tags["as_of"] == "2026-02-06T00:00:00+00:00"
+    assert "inconclusive: no fair comparison — 0 labeled rows" in tags["decision_reasons"]
+    assert "[2026-01-30T00:00:00+00:00, 2026-01-30T00:00:00+00:00)" in tags["decision_reasons"]
+    assert "a fair comparison becomes possible as of 2026-02-0" in tags["decision_reasons"]
+    audit = monitoring.audit_log(MODEL)[0]
+    assert (audit["action"], audit["champion_after"]) == ("inconclusive", champion)
+    assert audit["metrics"]["comparison_window"] == [
+        "2026-01-30T00:00:00+00:00",
+        "2026-01-30T00:00:00+00:00",
+    ]
+
+
+def test_drift_started_and_manual_runs_use_one_clock(stack: Stack) -> None:
+    """A drift-started run at 10:38 on the wall clock, then an operator's run at 10:45: the
+    data ends on 2026-02-09, so both train as of 2026-02-10 00:00 UTC on the same window."""
+    drift_run = "asset_triggered__2026-11-26T10:38:29+00:00"
+    create_dag_run(
+        stack.env,
+        DAG_ID,
+        drift_run,
+        run_type="asset_triggered",
+        run_after="2026-11-26T10:38:29+00:00",
+    )
+    result = run_airflow(
+        ["tasks", "test", DAG_ID, "build_training_set", drift_run], stack.env, check=False
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    runs = get_settings().runs_dir
+    drift_window = read_fingerprint(
+        run_dir(runs, MODEL, RunContext(dag_id=DAG_ID, run_id=drift_run))
+    ).window
+
+    state, _, output = stack.dags_test(
+        {"end_date": None, "dry_run": True, "reason": "operator, right after the drift run"},
+        logical_date="2026-11-26T10:45:00+00:00",
+    )
+    assert state == "success", output[-3000:]
+    manual_window = read_fingerprint(
+        run_dir(runs, MODEL, RunContext(dag_id=DAG_ID, run_id=stack.last_run_id))
+    ).window
+    assert (
+        drift_window
+        == manual_window
+        == {
+            "start": "2026-01-06T00:00:00+00:00",
+            "end": "2026-02-03T00:00:00+00:00",
+            "as_of": "2026-02-10T00:00:00+00:00",
+        }
+    )
+    tags = registry.version_info(MODEL, registry.alias_version(MODEL, registry.CHALLENGER)).tags
+    assert tags["as_of"] == "2026-02-10T00:00:00+00:00"
+
+
+def test_an_unreadable_champion_fails_evaluate_and_promotes_nothing(stack: Stack) -> None:
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    location = Path(
+        registry.client().get_model_version_download_uri(MODEL, champion).removeprefix("file://")
+    )
+    assert location.is_dir(), location
+    hidden = location.with_name(location.name + ".hidden")
+    audit_before = monitoring.audit_log(MODEL)
+    location.rename(hidden)
+    try:
+        result = run_airflow(
+            ["tasks", "test", DAG_ID, "evaluate", stack.last_run_id], stack.env, check=False
+        )
+    finally:
+        hidden.rename(location)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert f"champion {MODEL} v{champion} (alias champion) cannot be loaded" in output
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    assert monitoring.audit_log(MODEL) == audit_before
 
 
 def test_corrupted_newest_partition_stops_at_validation(stack: Stack) -> None:

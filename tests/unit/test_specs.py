@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,37 @@ def test_yaml_syntax_error_names_file(tmp_path: Path) -> None:
     path.write_text("name: [unclosed\n")
     with pytest.raises(DriftlineError, match=rf"model spec {path} is not valid YAML"):
         load_spec("fraud_detection", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("promotion", "message"),
+    [
+        ({"confidence": 0.5}, "promotion.confidence: Input should be greater than 0.5"),
+        ({"confidence": 1.0}, "promotion.confidence: Input should be less than 1"),
+        ({"bootstrap_resamples": 50}, "promotion.bootstrap_resamples: Input should be greater"),
+        ({"slices": ["amount"]}, "promotion.slices ['amount'] must be declared categorical"),
+        ({"slices": ["planet"]}, "promotion.slices ['planet'] must be declared categorical"),
+    ],
+)
+def test_promotion_confidence_and_slices_are_validated(
+    tmp_path: Path, promotion: dict, message: str
+) -> None:
+    raw = yaml.safe_load((MODELS / "fraud_detection.yaml").read_text())
+    path = _write(tmp_path, "fraud_detection", promotion={**raw["promotion"], **promotion})
+    with pytest.raises(DriftlineError, match=re.escape(message)):
+        load_spec("fraud_detection", tmp_path)
+    assert str(path) in _message(tmp_path)
+
+
+def _message(directory: Path) -> str:
+    try:
+        load_spec("fraud_detection", directory)
+    except DriftlineError as exc:
+        return str(exc)
+    return ""
+
+
+def test_shipped_spec_declares_confidence_and_slices() -> None:
+    promotion = load_spec("fraud_detection", MODELS).promotion
+    assert (promotion.confidence, promotion.slices) == (0.9, ("channel",))
+    assert promotion.bootstrap_resamples >= 100

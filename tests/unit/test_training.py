@@ -72,3 +72,17 @@ def test_metrics_known_values() -> None:
     assert inverted["roc_auc"] == 0.0
     with pytest.raises(DriftlineError, match="single class"):
         metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.01)
+
+
+def test_evaluation_report_sample_ignores_row_order(
+    frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftline import evaluation
+
+    small = 2_000
+    monkeypatch.setattr(evaluation, "REPORT_SAMPLE_ROWS", small)
+    columns = SPEC.feature_names
+    first = evaluation.report_frame(SPEC, frame, columns)
+    second = evaluation.report_frame(SPEC, frame.sample(frac=1.0, random_state=99), columns)
+    assert len(first) == small < len(frame)
+    pd.testing.assert_frame_equal(first, second)
