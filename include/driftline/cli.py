@@ -363,6 +363,40 @@ def demo(
 
 
 @app.command()
+def simulate(
+    scenario: Annotated[
+        str, typer.Option(help="timeline file, e.g. simulations/concept_drift.yaml")
+    ],
+    spec: Annotated[
+        list[str] | None,
+        typer.Option(help="run in a stack of its own under this model spec; give twice to compare"),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="directory for result.json, report.html and the plot")
+    ] = None,
+) -> None:
+    """Drive a timeline of synthetic days through the stack; score it against two baselines."""
+    from pathlib import Path
+
+    from driftline.simulate import simulate as run
+
+    try:
+        result = run(
+            Path(scenario),
+            specs=[Path(s) for s in spec or []],
+            out_dir=Path(out) if out else None,
+            say=typer.echo,
+        )
+    except DriftlineError as exc:
+        typer.echo(f"driftline: error: {exc}", err=True)
+        raise typer.Exit(code=exc.exit_code) from None
+    for run_result in result.get("runs") or [result]:
+        typer.echo(json.dumps(run_result["summary"], indent=2))
+    if result.get("comparison"):
+        typer.echo(json.dumps(result["comparison"], indent=2))
+
+
+@app.command()
 def quarantine(
     day: Annotated[str, typer.Option(help="the day (YYYY-MM-DD) of the broken delivery")],
     reason: Annotated[str, typer.Option(help="why; kept beside the data")],
