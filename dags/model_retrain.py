@@ -33,19 +33,29 @@ Every event records the run that consumed it (`driftline events`).
    leakage. A failure fails the run here, naming every failed check with its observed value
    and threshold; nothing is trained or registered, the champion is untouched. Report:
    `validation.html` in the run directory.
+   Rate rules (label rate, null rates) are also judged per day, naming a broken day; a
+   column added upstream is a recorded warning (`validation.on_new_columns: warn`).
 3. `train` — XGBoost with the spec's parameters on a time split, early-stopped on the
-   validation days; registers a new version with its lineage and points `challenger` at it.
-4. `evaluate` — champion and challenger on the same, newest holdout; an Evidently report of
-   the holdout against the training reference is logged to the challenger's MLflow run.
-5. `decide` — the spec's promotion policy. It branches: `promote` (compare-and-set the
-   `champion` alias; `previous_champion` keeps the old one) or `keep_champion` (the
-   challenger keeps its reasons as tags). A rejection is a skipped `promote`, not a failure.
+   validation days; registers a new version with its lineage (incl. `trained_until` and
+   `as_of`) and points `challenger` at it.
+4. `evaluate` — both models out-of-time on the same rows: labeled rows after *both* models'
+   training data ends; a paired bootstrap interval of the primary metric's gain and guard
+   metrics per declared slice. A champion alias whose model cannot be loaded fails the task
+   (retried), never "no champion". An Evidently report of the holdout against the training
+   reference is logged to the challenger's MLflow run.
+5. `decide` — the spec's promotion policy: `promote` (compare-and-set the `champion` alias;
+   `previous_champion` keeps the old one), `reject`, or `inconclusive` (too few rows newer
+   than both models; the reason says from which as-of date a fair comparison is possible).
+   Reject and inconclusive take `keep_champion` (the challenger keeps its reasons as tags):
+   a skipped `promote`, not a failure.
 6. `notify` — one summary of the run.
 
 **Params**
 - `window_days` — days of matured labels to train on.
-- `end_date` — the as-of date (YYYY-MM-DD); empty means the run's data interval end.
-  Labels younger than the spec's `label_delay_days` are not used.
+- `end_date` — the as-of date (YYYY-MM-DD), that day's UTC midnight. Empty: **one clock for
+  every trigger** (cron, operator, REST, drift asset): the run's data interval end, else its
+  `run_after`, floored to UTC midnight and capped at the end of the newest day in the offline
+  entity table (`driftline.clock`). Labels younger than `label_delay_days` are not used.
 - `dry_run` — train and evaluate, never move an alias.
 - `reason` — free text, recorded in the audit log and on the model version.
 
@@ -110,7 +120,9 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) ->
                 title="Training window (days)",
                 description=f"Days of matured labels to train on ({minimum_window}–365).",
             ),
-            "end_date": optional_date("As-of date", "the run's data interval end"),
+            "end_date": optional_date(
+                "As-of date", "the run's day (UTC), capped at the newest data day"
+            ),
             "dry_run": Param(
                 False,
                 type="boolean",

@@ -24,6 +24,10 @@ _ISOLATED = (
 # A small world that still has every feature populated.
 SMALL = {"n_cards": 400, "n_merchants": 60, "seed": 11}
 START = "2026-01-01"
+# Ten days earlier: data from here to 2026-02-09 lets a retrain as of 2026-02-10 train on
+# days past the world's warm-up week (merchants have no matured labels before its day 8,
+# which the per-day null-rate rule rightly refuses).
+EARLY_START = "2025-12-22"
 # A world big and long enough for drift statistics: the per-day noise of 400 cards crosses
 # the drift thresholds, and the merchant fraud rate needs 37 days (30-day window + 7-day
 # label delay) before its training reference is out of the warm-up.

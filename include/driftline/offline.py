@@ -125,8 +125,20 @@ def _compatible(actual: pa.DataType, wanted: pa.DataType) -> bool:
     )
 
 
-def check_partition(path: Path, table: str) -> pa.Schema:
-    """Fail with the path when a partition is missing, unreadable, or has another schema."""
+def new_columns(path: Path, table: str) -> list[str]:
+    """Columns a partition has beyond its table's schema (schema evolution upstream)."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DriftlineError(f"offline partition unreadable: {path} ({exc})") from exc
+    return sorted(set(schema.names) - set(SCHEMAS[table].names))
+
+
+def check_partition(path: Path, table: str, *, allow_new_columns: bool = False) -> pa.Schema:
+    """Fail with the path when a partition is missing, unreadable, or has another schema.
+
+    A missing or retyped column always fails; an added column fails unless
+    ``allow_new_columns`` (the reader ignores it then)."""
     expected = SCHEMAS[table]
     if not path.is_file():
         raise DriftlineError(f"offline partition missing: {path}")
@@ -148,29 +160,41 @@ def check_partition(path: Path, table: str) -> pa.Schema:
         problems.append(f"missing columns {missing}")
     if changed:
         problems.append(f"changed types {changed}")
-    if extra:
+    if extra and not allow_new_columns:
         problems.append(f"unexpected columns {extra}")
     if problems:
         raise DriftlineError(f"schema change in offline partition {path}: {'; '.join(problems)}")
     return schema
 
 
-def check_table(offline_dir: Path, table: str, days: Iterable[date] | None = None) -> list[Path]:
+def check_table(
+    offline_dir: Path,
+    table: str,
+    days: Iterable[date] | None = None,
+    *,
+    allow_new_columns: bool = False,
+) -> list[Path]:
     """Check the partitions of ``days`` (default: all) and return their paths."""
     wanted = list_days(offline_dir, table) if days is None else list(days)
     paths = [partition_path(offline_dir, table, day) for day in wanted]
     for path in paths:
-        check_partition(path, table)
+        check_partition(path, table, allow_new_columns=allow_new_columns)
     return paths
 
 
-def read_table(offline_dir: Path, table: str, days: Iterable[date]) -> pa.Table:
-    """Read some days of a table after checking each partition's schema."""
-    paths = check_table(offline_dir, table, days)
+def read_table(
+    offline_dir: Path, table: str, days: Iterable[date], *, allow_new_columns: bool = False
+) -> pa.Table:
+    """Read some days of a table after checking each partition's schema; columns beyond the
+    table's schema (when allowed) are not read."""
+    paths = check_table(offline_dir, table, days, allow_new_columns=allow_new_columns)
     if not paths:
         return SCHEMAS[table].empty_table()
     try:
-        return pa.concat_tables(pq.read_table(path, schema=SCHEMAS[table]) for path in paths)
+        return pa.concat_tables(
+            pq.read_table(path, columns=SCHEMAS[table].names, schema=SCHEMAS[table])
+            for path in paths
+        )
     except (OSError, pa.ArrowException) as exc:
         raise DriftlineError(
             f"offline table {table} unreadable under {offline_dir}: {exc}"

@@ -64,6 +64,7 @@ def validate(
         pd.read_parquet(path / RECENT_FILE),
         window,
         source=f"{fingerprint.offline_dir} via feature service {spec.feature_service}",
+        schema_changes=fingerprint.schema_changes,
     )
     json_path, html_path = report.write(path)
     report_uri = _log_validation(model, report.passed, [json_path, html_path], context, settings)

@@ -55,6 +55,9 @@ class ValidationSpec(_Strict):
     leakage_max_auc: float = Field(0.98, gt=0.5, le=1.0)
     # share of rows whose Feast value expired (beyond the view's TTL) tolerated per view
     max_stale_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # a column added upstream to an entity partition: a recorded warning (training ignores
+    # it) or a blocking failure; a missing or retyped column always blocks
+    on_new_columns: Literal["warn", "block"] = "warn"
 
 
 class DriftSpec(_Strict):

@@ -112,6 +112,10 @@ def model_status(
             "actor": row["actor"],
             "run_id": row["run_id"],
             "reasons": row["reasons"],
+            # the evidence of retrain decisions (older rows and manual actions have none)
+            "comparison_window": (row["metrics"] or {}).get("comparison_window"),
+            "interval": (row["metrics"] or {}).get("interval"),
+            "slices": (row["metrics"] or {}).get("slices"),
         }
         for row in monitoring.audit_log(model, limit=decisions, url=url)
     ]
@@ -190,6 +194,22 @@ def render(statuses: list[dict[str, Any]]) -> str:
                 f"    {row['at']}  {row['action']:<15} v{row['version']}  champion "
                 f"{row['champion_before'] or '-'} -> {row['champion_after'] or '-'}  by {row['actor']}"
             )
+            window, interval = row.get("comparison_window"), row.get("interval")
+            if window:
+                lines.append(f"        compared on [{window[0]}, {window[1]})")
+            if interval:
+                lines.append(
+                    f"        {interval['metric']} gain {interval['gain']:+.4f}, "
+                    f"{interval['level']:.0%} interval [{interval['low']:+.4f}, "
+                    f"{interval['high']:+.4f}]"
+                )
+            if row.get("slices"):
+                judged = [
+                    f"{piece['column']}={piece['value']}"
+                    + ("" if piece["challenger"] else " (not judged)")
+                    for piece in row["slices"]
+                ]
+                lines.append(f"        slices: {', '.join(judged)}")
             for reason in row["reasons"][:4]:
                 lines.append(f"        - {reason}")
         report = entry["last_drift_report"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 
 from driftline import offline
 from driftline.errors import DriftlineError
+from driftline.files import write_json
 from driftline.settings import Settings, get_settings
 from driftline.specs import ModelSpec
 
@@ -75,6 +76,8 @@ class Fingerprint:
     sha256: str
     columns: list[str]
     offline_dir: str
+    # columns added upstream to entity partitions, read past (validation.on_new_columns)
+    schema_changes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +89,23 @@ def _file_hash(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _new_columns(spec: ModelSpec, window: Window, offline_dir: Path) -> list[str]:
+    """Columns added upstream to the window's entity partitions, one entry per partition.
+
+    With ``validation.on_new_columns: warn`` they are read past (training never sees them)
+    and recorded as a warning of the validation gate; with ``block`` the read fails here.
+    A missing or retyped column always fails."""
+    present = set(offline.list_days(offline_dir, spec.entity_table))
+    changes = []
+    for day in window.days:
+        if day in present:
+            path = offline.partition_path(offline_dir, spec.entity_table, day)
+            added = offline.new_columns(path, spec.entity_table)
+            if added:
+                changes.append(f"{path}: new columns {added}")
+    return changes
 
 
 def _check_feature_partitions(
@@ -113,7 +133,10 @@ def entity_rows(spec: ModelSpec, window: Window, offline_dir: Path) -> pd.DataFr
     """
     present = set(offline.list_days(offline_dir, spec.entity_table))
     days = [d for d in window.days if d in present]
-    table = offline.read_table(offline_dir, spec.entity_table, days).to_pandas()
+    warn = spec.validation.on_new_columns == "warn"
+    table = offline.read_table(
+        offline_dir, spec.entity_table, days, allow_new_columns=warn
+    ).to_pandas()
     return table[table[spec.timestamp_column] >= window.start].reset_index(drop=True)
 
 
@@ -154,6 +177,7 @@ def build_training_set(
         ) from None
     _check_feature_partitions(store, spec, window, settings.offline_dir)
 
+    schema_changes = _new_columns(spec, window, settings.offline_dir)
     rows = entity_rows(spec, window, settings.offline_dir)
     labeled = rows[
         (rows[spec.timestamp_column] < window.end) & (rows["label_available_at"] <= window.as_of)
@@ -176,8 +200,9 @@ def build_training_set(
         sha256=_file_hash(training_path),
         columns=list(training.columns),
         offline_dir=str(settings.offline_dir),
+        schema_changes=schema_changes,
     )
-    (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint.as_dict(), indent=2))
+    write_json(run_dir / FINGERPRINT_FILE, fingerprint.as_dict())
     log.info(
         "training set for %s: %d labeled rows (%d positives) in [%s, %s), %d recent rows",
         spec.name,

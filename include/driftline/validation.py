@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from driftline.errors import DriftlineError
+from driftline.files import write_atomic
 from driftline.specs import ModelSpec
 from driftline.training_set import Window
 
@@ -36,6 +37,8 @@ class Check:
     observed: Any
     threshold: str
     detail: str = ""
+    # passed, but worth a look (recorded in the report, blocks nothing)
+    warning: bool = False
 
     def describe(self) -> str:
         text = f"{self.name}: observed {_fmt(self.observed)}, threshold {self.threshold}"
@@ -57,9 +60,16 @@ class ValidationReport:
     def failed(self) -> list[Check]:
         return [check for check in self.checks if not check.passed]
 
+    @property
+    def warnings(self) -> list[Check]:
+        return [check for check in self.checks if check.passed and check.warning]
+
     def summary(self) -> str:
         if self.passed:
-            return f"validation passed for {self.model}: {len(self.checks)} checks"
+            warned = "; ".join(check.describe() for check in self.warnings)
+            return f"validation passed for {self.model}: {len(self.checks)} checks" + (
+                f", {len(self.warnings)} warning(s): {warned}" if warned else ""
+            )
         return (
             f"validation failed for {self.model} ({self.source}): "
             f"{len(self.failed)} of {len(self.checks)} checks failed: "
@@ -78,8 +88,8 @@ class ValidationReport:
     def write(self, run_dir: Path) -> tuple[Path, Path]:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path, html_path = run_dir / REPORT_JSON, run_dir / REPORT_HTML
-        json_path.write_text(json.dumps(self.as_dict(), indent=2, default=_jsonable))
-        html_path.write_text(render_html(self))
+        write_atomic(json_path, json.dumps(self.as_dict(), indent=2, default=_jsonable))
+        write_atomic(html_path, render_html(self))
         return json_path, html_path
 
 
@@ -111,8 +121,18 @@ class _Checks:
         self.scope = scope
         self.items: list[Check] = []
 
-    def add(self, name: str, passed: bool, observed: Any, threshold: str, detail: str = "") -> None:
-        self.items.append(Check(f"{self.scope}.{name}", bool(passed), observed, threshold, detail))
+    def add(
+        self,
+        name: str,
+        passed: bool,
+        observed: Any,
+        threshold: str,
+        detail: str = "",
+        warning: bool = False,
+    ) -> None:
+        self.items.append(
+            Check(f"{self.scope}.{name}", bool(passed), observed, threshold, detail, warning)
+        )
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -133,6 +153,39 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     ranks = pd.Series(scores).rank(method="average").to_numpy()
     auc = (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
     return float(max(auc, 1.0 - auc))
+
+
+# a day breaks a rate rule when its rate is beyond the threshold by more than chance explains
+DAY_SIGNIFICANCE = 0.001
+
+
+def _days_beyond(
+    hits: pd.Series, days: pd.Series, *, low: float | None = None, high: float | None = None
+) -> list[str]:
+    """The days whose share of ``hits`` is outside ``[low, high]`` beyond binomial noise
+    (one-sided p < DAY_SIGNIFICANCE), each as "day: rate (hits of rows)"."""
+    from scipy.stats import binom
+
+    counts = pd.DataFrame({"day": days.to_numpy(), "hit": hits.to_numpy(dtype=bool)})
+    per_day = counts.groupby("day")["hit"].agg(["sum", "size"])
+    broken = []
+    for day, (k, n) in per_day.iterrows():
+        rate = k / n
+        too_high = high is not None and rate > high and binom.sf(k - 1, n, high) < DAY_SIGNIFICANCE
+        too_low = low is not None and rate < low and binom.cdf(k, n, low) < DAY_SIGNIFICANCE
+        if too_high or too_low:
+            broken.append(f"{day}: {rate:.4g} ({int(k)} of {int(n)})")
+    return broken
+
+
+def _day_check(checks: _Checks, name: str, broken: list[str], threshold: str) -> None:
+    checks.add(
+        f"{name}.per_day",
+        not broken,
+        broken[:10] or "every day within",
+        f"every day {threshold} (one-sided binomial p >= {DAY_SIGNIFICANCE})",
+        f"{len(broken)} day(s) out of bounds" if broken else "",
+    )
 
 
 def _frame_checks(
@@ -173,12 +226,16 @@ def _frame_checks(
         "numeric features numeric, categorical features strings",
     )
 
+    days = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.date
     for name in spec.feature_names:
         series = frame[name]
         rate = float(series.isna().mean()) if len(series) else 0.0
         ceiling = _null_ceiling(spec, name)
         detail = "every value is null" if len(series) and rate == 1.0 else ""
         checks.add(f"null_rate[{name}]", rate <= ceiling, rate, f"<= {ceiling}", detail)
+        # one broken day cannot hide in a window of good ones
+        broken = _days_beyond(series.isna(), days, high=ceiling) if len(series) else []
+        _day_check(checks, f"null_rate[{name}]", broken, f"<= {ceiling}")
 
     for name in spec.feature_names:
         if name in categorical or not _is_numeric(frame[name]):
@@ -264,6 +321,10 @@ def _labeled_checks(checks: _Checks, spec: ModelSpec, frame: pd.DataFrame, windo
     rate = positives / len(frame) if len(frame) else 0.0
     low, high = rules.label_rate
     checks.add("label_rate", low <= rate <= high, rate, f"in [{low}, {high}]")
+    if binary and len(frame):
+        days = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.date
+        broken = _days_beyond(label.fillna(0) == 1, days, low=low, high=high)
+        _day_check(checks, "label_rate", broken, f"in [{low}, {high}]")
     checks.add(
         "positives", positives >= rules.min_positives, positives, f">= {rules.min_positives}"
     )
@@ -310,10 +371,23 @@ def validate(
     window: Window,
     *,
     source: str,
+    schema_changes: list[str] | tuple[str, ...] = (),
 ) -> ValidationReport:
-    """Run every check; never raises for bad data (see :func:`enforce`)."""
+    """Run every check; never raises for bad data (see :func:`enforce`).
+
+    ``schema_changes`` are the columns the training-set build found added to entity
+    partitions (and read past): a warning with ``validation.on_new_columns: warn``."""
     report = ValidationReport(model=spec.name, window=window.as_dict(), source=source)
     training_checks = _Checks("training")
+    policy = spec.validation.on_new_columns
+    training_checks.add(
+        "schema_evolution",
+        not schema_changes or policy == "warn",
+        list(schema_changes) or "no new columns",
+        f"on_new_columns: {policy} (a missing or retyped column always blocks)",
+        "new columns are ignored by training" if schema_changes else "",
+        warning=bool(schema_changes),
+    )
     if _frame_checks(training_checks, spec, training, window, labeled=True):
         _labeled_checks(training_checks, spec, training, window)
     else:
@@ -340,7 +414,7 @@ def enforce(report: ValidationReport) -> None:
 def render_html(report: ValidationReport) -> str:
     rows = []
     for check in report.checks:
-        status = "pass" if check.passed else "FAIL"
+        status = ("warn" if check.warning else "pass") if check.passed else "FAIL"
         rows.append(
             f"<tr class='{status.lower()}'><td>{status}</td><td>{html.escape(check.name)}</td>"
             f"<td>{html.escape(_fmt(check.observed))}</td><td>{html.escape(check.threshold)}</td>"
@@ -355,6 +429,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
 td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 tr.fail td {{ background: #fde2e2; }}
+tr.warn td {{ background: #fff4ce; }}
 tr.pass td:first-child {{ color: #1a7f37; }}
 </style></head><body>
 <h1>Data validation: {html.escape(report.model)} — {verdict}</h1>

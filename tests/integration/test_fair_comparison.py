@@ -13,22 +13,22 @@ from driftline import monitoring, registry, retrain
 from driftline.datagen import generate
 from driftline.feature_store import apply_repo
 from driftline.lineage import RunContext
-from tests.conftest import START, WORLD, isolate_environment
+from tests.conftest import EARLY_START, WORLD, isolate_environment
 
 MODEL = "fraud_detection"
-BASELINE_DAYS = 40  # 2026-01-01 .. 2026-02-09
+BASELINE_DAYS = 50  # 2025-12-22 .. 2026-02-09
 DRIFT_DAYS = 33  # concept drift from 2026-02-10 .. 2026-03-14
 
 
 @pytest.fixture(scope="module")
 def concept_drift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """40 baseline days, then three weeks in which fraudsters change tactics; a first
+    """50 baseline days, then four to five weeks in which fraudsters change tactics; a first
     champion trained before the drift (as of 2026-02-10)."""
     with pytest.MonkeyPatch.context() as patch:
         home = tmp_path_factory.mktemp("fair") / "state"
         home.mkdir()
         isolate_environment(patch, home)
-        generate(offline_dir=home / "offline", days=BASELINE_DAYS, start=START, **WORLD)
+        generate(offline_dir=home / "offline", days=BASELINE_DAYS, start=EARLY_START, **WORLD)
         generate(offline_dir=home / "offline", scenario="concept_drift", days=DRIFT_DAYS, **WORLD)
         apply_repo()
         first = retrain.run_all(

@@ -21,12 +21,12 @@ from driftline.lineage import RunContext, run_dir
 from driftline.settings import get_settings
 from driftline.training_set import read_fingerprint
 from tests.airflow_env import airflow_env, create_dag_run, migrated_database, run_airflow
-from tests.conftest import SMALL, START, isolate_environment
+from tests.conftest import EARLY_START, SMALL, isolate_environment
 
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "fraud_detection_retrain"
-AS_OF = "2026-02-10"  # data covers 2026-01-01 .. 2026-02-09; labels mature after 7 days
+AS_OF = "2026-02-10"  # data covers 2025-12-22 .. 2026-02-09; labels mature after 7 days
 MODEL = "fraud_detection"
 
 
@@ -68,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db_template: Path) -
         home = tmp_path_factory.mktemp("retrain") / "state"
         home.mkdir()
         isolate_environment(patch, home)
-        generate(offline_dir=home / "offline", days=40, start=START, **SMALL)
+        generate(offline_dir=home / "offline", days=50, start=EARLY_START, **SMALL)
         apply_repo()
         migrated_database(airflow_db_template, home / "airflow")
         yield Stack(home, airflow_env(home / "airflow"))

@@ -132,3 +132,45 @@ def test_report_is_written_as_json_and_html(good: pd.DataFrame, tmp_path: Path) 
     assert '"passed": false' in json_path.read_text()
     page = html_path.read_text()
     assert "FAILED" in page and "training.range[amount]" in page
+
+
+def _one_day(frame: pd.DataFrame) -> tuple[pd.Series, str]:
+    days = frame["event_timestamp"].dt.date
+    day = sorted(days.unique())[len(days.unique()) // 2]
+    return days == day, day.isoformat()
+
+
+def test_one_day_of_nulls_cannot_hide_in_a_good_window(good: pd.DataFrame) -> None:
+    on_day, day = _one_day(good)
+    broken = good.copy()
+    # a quarter of one day's amounts go missing: over the window that is under 2 %, the
+    # ceiling, so only the per-day rule can see it
+    rows = broken.index[on_day][: int(on_day.sum() * 0.25)]
+    broken.loc[rows, "amount"] = np.nan
+    report = _run(broken)
+    assert broken["amount"].isna().mean() < 0.02
+    assert _failed(report) == {"training.null_rate[amount].per_day"}
+    failed = report.failed[0]
+    assert failed.observed[0].startswith(f"{day}: 0.2"), failed.observed
+    assert f"{day}: 0.2" in report.summary()
+
+
+def test_one_day_of_broken_labels_cannot_hide_in_a_good_window(good: pd.DataFrame) -> None:
+    on_day, day = _one_day(good)
+    broken = good.copy()
+    # an upstream bug marks a third of one day's transactions as fraud
+    broken.loc[broken.index[on_day][::3], "is_fraud"] = 1
+    report = _run(broken)
+    low, high = SPEC.validation.label_rate
+    assert low <= broken["is_fraud"].mean() <= high
+    assert "training.label_rate.per_day" in _failed(report)
+    assert "training.label_rate" not in _failed(report)
+    [failed] = [c for c in report.failed if c.name == "training.label_rate.per_day"]
+    assert failed.observed == [failed.observed[0]] and failed.observed[0].startswith(day)
+
+
+def test_per_day_rules_tolerate_ordinary_daily_noise(good: pd.DataFrame) -> None:
+    # the good window's daily label rates range widely on ~550 rows a day; none is flagged
+    rates = good.groupby(good["event_timestamp"].dt.date)["is_fraud"].mean()
+    assert rates.max() / max(rates.min(), 1e-9) > 2
+    assert not [c for c in _run(good).failed if c.name.endswith(".per_day")]
