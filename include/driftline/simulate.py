@@ -269,6 +269,13 @@ class Driver:
             None,
         )
         tasks = self._tasks(f"{model}_retrain", run_id)
+        events = [
+            {"id": e["id"], "status": e["status"], "reason": e["status_reason"]}
+            for e in monitoring.drift_event_log(
+                model, limit=50, url=self.settings.monitoring_db_url
+            )
+            if e["consumed_by_run_id"] == run_id
+        ]
         if decision is not None:
             outcome = decision["action"]
         elif state == "failed":
@@ -289,6 +296,7 @@ class Driver:
             "outcome": outcome,
             "challenger_version": (decision or {}).get("challenger_version"),
             "reasons": list((decision or {}).get("reasons") or []),
+            "drift_events": events,
         }
 
     def run(self) -> list[dict[str, Any]]:
