@@ -269,6 +269,13 @@ class Driver:
             None,
         )
         tasks = self._tasks(f"{model}_retrain", run_id)
+        events = [
+            {"id": e["id"], "status": e["status"], "reason": e["status_reason"]}
+            for e in monitoring.drift_event_log(
+                model, limit=50, url=self.settings.monitoring_db_url
+            )
+            if e["consumed_by_run_id"] == run_id
+        ]
         if decision is not None:
             outcome = decision["action"]
         elif state == "failed":
@@ -289,6 +296,7 @@ class Driver:
             "outcome": outcome,
             "challenger_version": (decision or {}).get("challenger_version"),
             "reasons": list((decision or {}).get("reasons") or []),
+            "drift_events": events,
         }
 
     def run(self) -> list[dict[str, Any]]:
@@ -308,6 +316,7 @@ class Driver:
                 raise InvalidInput(
                     f"{model} has no champion in {self.settings.home}; `make up` trains one"
                 )
+            began = time.monotonic()
             generated = generate(
                 offline_dir=self.settings.offline_dir, scenario=scenario, days=1, **world
             )
@@ -354,6 +363,7 @@ class Driver:
                 retrains.append(self._retrain_record(run_id, "weekly", state))
             record = {
                 "day": day.isoformat(),
+                "wall_seconds": round(time.monotonic() - began, 1),
                 "scenario": scenario,
                 "rows": generated.rows,
                 "frauds": generated.frauds,
@@ -379,7 +389,8 @@ class Driver:
             outcomes = ", ".join(f"{r['trigger']} {r['outcome']}" for r in retrains) or "-"
             self.say(
                 f"[{index + 1}/{len(scenarios)}] {day} {scenario}: v{serving} served; "
-                f"drift {verdict}; retrains {outcomes}; champion now v{record['champion_after']}"
+                f"drift {verdict}; retrains {outcomes}; champion now v{record['champion_after']} "
+                f"({record['wall_seconds']:.0f} s)"
             )
         return self.days
 
@@ -517,7 +528,7 @@ def summarize(days: list[dict[str, Any]]) -> dict[str, Any]:
         None,
     )
     summary["days_to_detect"] = detected - onset if detected is not None else None
-    summary["days_to_recover"] = _days_to_recover(post, pre, onset)
+    summary["days_to_recover"] = _days_to_recover(post, pre, onset) if post else None
     return summary
 
 
@@ -673,8 +684,10 @@ def simulate_with_spec(
                     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
                     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
                 },
-                say=lambda line: log.info("%s", line),
+                # the step lines only: the access summary would print one-off passwords
+                say=lambda line: line.startswith("[") and say(f"  {line}"),
             )
+            say(f"stack up at {stack.url}; simulating {timeline.days} days")
             result = simulate_on(stack, timeline, say=say)
         finally:
             if stack is not None:
@@ -726,13 +739,16 @@ def simulate(
         result = simulate_on(running_stack(settings), timeline, say=say)
     else:
         runs = []
-        with tempfile.TemporaryDirectory(prefix="driftline-simulate-") as scratch:
+        scratch = Path(tempfile.mkdtemp(prefix="driftline-simulate-"))
+        try:
             for index, spec in enumerate(specs):
                 runs.append(
-                    simulate_with_spec(
-                        timeline, spec, work_dir=Path(scratch) / f"spec{index}", say=say
-                    )
+                    simulate_with_spec(timeline, spec, work_dir=scratch / f"spec{index}", say=say)
                 )
+        except DriftlineError as exc:
+            # the stacks' logs and state stay for inspection; nothing goes to the output
+            raise type(exc)(f"{exc} (stack state and logs kept in {scratch})") from None
+        shutil.rmtree(scratch, ignore_errors=True)
         result = (
             runs[0]
             if len(runs) == 1

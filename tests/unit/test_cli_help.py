@@ -30,6 +30,7 @@ def test_the_cli_has_the_documented_commands() -> None:
         "check",
         "env",
         "settings",
+        "simulate",
     }
     assert documented <= set(COMMANDS)
 

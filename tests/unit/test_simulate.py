@@ -13,7 +13,7 @@ import pytest
 
 from driftline.errors import InvalidInput
 from driftline.settings import REPO_ROOT
-from driftline.simulate import load_timeline, summarize, weekly_due
+from driftline.simulate import compare, load_timeline, summarize, weekly_due
 from driftline.simulate_report import write_report
 
 SIMULATIONS = REPO_ROOT / "simulations"
@@ -221,3 +221,28 @@ def test_report_has_the_plot_and_every_day(tmp_path: Path) -> None:
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "2026-03-02" in page and "drift: promoted v2" in page
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_specs_are_compared_second_minus_first() -> None:
+    base = [_day(0, "baseline", _q(0.7, 0.7, 0.7))]
+    slow = [*base, _day(1, "concept_drift", _q(0.05, 0.05, 0.5), verdict="drift")]
+    fast = [
+        *base,
+        _day(
+            1,
+            "concept_drift",
+            _q(0.5, 0.05, 0.5),
+            verdict="drift",
+            retrains=[{"trigger": "drift", "outcome": "promoted", "reasons": []}],
+        ),
+    ]
+    runs = [
+        {"spec": "a.yaml", "summary": summarize(slow)},
+        {"spec": "b.yaml", "summary": summarize(fast)},
+    ]
+    comparison = compare(runs)
+    assert comparison["specs"] == ["a.yaml", "b.yaml"]
+    diff = comparison["second_minus_first"]
+    assert (diff["retrains"], diff["promotions"], diff["rejections"]) == (1, 1, 0)
+    assert diff["post_drift_mean_pr_auc_driftline"] == 0.45
+    assert diff["days_to_recover"] == ["not within the timeline", 0]
