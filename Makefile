@@ -61,10 +61,10 @@ test-fast: setup ## unit and DAG-integrity tests only
 bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
 	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
 	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
-	$(BIN)/python bench/event_latency_bench.py
+	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
 
 bench-events: setup ## drift event -> retrain first task latency on the embedded stack (p50/p95)
-	$(BIN)/python bench/event_latency_bench.py
+	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
 
 generate: setup ## append DAYS (default 1) of SCENARIO (default baseline) data to the offline store
 	$(BIN)/driftline generate --scenario $${SCENARIO:-baseline} --days $${DAYS:-1}

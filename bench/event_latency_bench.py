@@ -10,13 +10,13 @@ a run), then measures, for EVENTS events spaced SPACING seconds apart:
 
 Each measured run is stopped (marked failed over REST) once its first task has started, so
 the next event does not wait behind a whole retrain. Prints p50/p95 and writes
-bench/results/event-latency.json. Holds /tmp/driftline-stack.lock while the stack is up.
+bench/results/event-latency.json. Run it under the machine's stack lock (`make bench-events`
+does: `flock /tmp/driftline-stack.lock ...`), so no other live stack shares the fixed ports.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
@@ -144,30 +144,28 @@ def main() -> None:
 
     from driftline.stack import free_port, up
 
-    with open("/tmp/driftline-stack.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stack = up(port=free_port(), mlflow_port=free_port(), world=WORLD, days=42)
-        try:
-            bench = Bench(stack)
-            results: dict[str, Any] = {
-                "events": args.events,
-                "spacing_s": args.spacing,
-                "poll_s": raw["drift"]["event_poll_seconds"],
+    stack = up(port=free_port(), mlflow_port=free_port(), world=WORLD, days=42)
+    try:
+        bench = Bench(stack)
+        results: dict[str, Any] = {
+            "events": args.events,
+            "spacing_s": args.spacing,
+            "poll_s": raw["drift"]["event_poll_seconds"],
+        }
+        for kind, measure in (("row", bench.row_event), ("rest", bench.rest_event)):
+            latencies = []
+            for _ in range(args.events):
+                latencies.append(measure())
+                print(f"{kind}: {latencies[-1]:.1f} s", flush=True)
+                time.sleep(args.spacing)
+            results[kind] = {
+                "p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(_percentile(latencies, 0.95), 2),
+                "max_s": round(max(latencies), 2),
+                "all_s": [round(v, 2) for v in latencies],
             }
-            for kind, measure in (("row", bench.row_event), ("rest", bench.rest_event)):
-                latencies = []
-                for _ in range(args.events):
-                    latencies.append(measure())
-                    print(f"{kind}: {latencies[-1]:.1f} s", flush=True)
-                    time.sleep(args.spacing)
-                results[kind] = {
-                    "p50_s": round(statistics.median(latencies), 2),
-                    "p95_s": round(_percentile(latencies, 0.95), 2),
-                    "max_s": round(max(latencies), 2),
-                    "all_s": [round(v, 2) for v in latencies],
-                }
-        finally:
-            stack.stop()
+    finally:
+        stack.stop()
     out = REPO / "bench" / "results" / "event-latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -398,10 +398,12 @@ def _timestamp(value: Any) -> datetime | None:
     return moment
 
 
-def _decode_event(raw: Any) -> dict[str, Any]:
+def _decode_event(raw: Any, dialect: str = "sqlite") -> dict[str, Any]:
     row = dict(raw)
     problems = []
-    if isinstance(row["payload"], str):
+    # SQLite hands back the stored text; PostgreSQL's driver has already decoded the JSON
+    # (and the database refused what was not JSON), so a str there is a JSON string
+    if dialect == "sqlite" and isinstance(row["payload"], str):
         try:
             row["payload"] = json.loads(row["payload"])
         except ValueError as exc:
@@ -423,7 +425,7 @@ def new_drift_events(model: str | None = None, *, url: str | None = None) -> lis
         query = query.where(drift_events.c.model == model)
     with engine(url).connect() as conn:
         rows = conn.execute(query.order_by(drift_events.c.id)).mappings()
-        return [_decode_event(row) for row in rows]
+        return [_decode_event(row, conn.dialect.name) for row in rows]
 
 
 def transition_event(
@@ -461,7 +463,7 @@ def drift_event(event_id: int, *, url: str | None = None) -> dict[str, Any] | No
             .mappings()
             .one_or_none()
         )
-        return _decode_event(row) if row else None
+        return _decode_event(row, conn.dialect.name) if row else None
 
 
 def drift_event_log(
@@ -479,7 +481,7 @@ def drift_event_log(
         query = query.where(drift_events.c.status.in_(statuses))
     with engine(url).connect() as conn:
         rows = conn.execute(query.order_by(drift_events.c.id.desc()).limit(limit)).mappings()
-        return [_decode_event(row) for row in rows]
+        return [_decode_event(row, conn.dialect.name) for row in rows]
 
 
 def event_counts(model: str, *, url: str | None = None) -> dict[str, dict[str, Any]]:
@@ -514,4 +516,4 @@ def last_consumed_event(model: str, *, url: str | None = None) -> dict[str, Any]
     )
     with engine(url).connect() as conn:
         row = conn.execute(query).mappings().one_or_none()
-        return _decode_event(row) if row else None
+        return _decode_event(row, conn.dialect.name) if row else None

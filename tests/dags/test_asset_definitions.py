@@ -11,7 +11,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.dags.test_dag_integrity import DAG_FILES, _parse
+
+
+@pytest.fixture(scope="module")
+def parse_home(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("airflow_home"))  # no metadata database
 
 
 def _definitions(paths: list[Path], home: str) -> dict[str, dict[str, list[str]]]:
@@ -29,13 +36,13 @@ def _conflicts(found: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
     return {uri: dict(defs) for uri, defs in found.items() if len(defs) > 1}
 
 
-def test_every_asset_has_one_definition_across_dag_files(tmp_path: Path) -> None:
-    found = _definitions(DAG_FILES, str(tmp_path))
+def test_every_asset_has_one_definition_across_dag_files(parse_home: str) -> None:
+    found = _definitions(DAG_FILES, parse_home)
     assert _conflicts(found) == {}
 
 
-def test_the_drift_asset_carries_its_watcher_wherever_it_is_named(tmp_path: Path) -> None:
-    found = _definitions(DAG_FILES, str(tmp_path))
+def test_the_drift_asset_carries_its_watcher_wherever_it_is_named(parse_home: str) -> None:
+    found = _definitions(DAG_FILES, parse_home)
     drift = {uri: defs for uri, defs in found.items() if uri.startswith("drift://")}
     assert drift, "no DAG names a drift:// asset"
     for uri, defs in drift.items():

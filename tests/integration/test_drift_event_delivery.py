@@ -4,6 +4,8 @@ validation of asset-event extras, and the operator's requeue."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +33,27 @@ def two_models(driftline_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (models / f"{OTHER}.yaml").write_text(yaml.safe_dump({**raw, "name": OTHER}))
     monkeypatch.setenv("DRIFTLINE_MODELS_DIR", str(models))
     return models
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, two_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The monitoring store on SQLite (embedded) and on PostgreSQL (production profile)."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    from tests.production.conftest import create_databases, drop_databases, pg_url, require_services
+
+    require_services()
+    name = f"driftline_events_{uuid.uuid4().hex[:8]}"
+    create_databases([name])
+    monkeypatch.setenv("DRIFTLINE_MONITORING_DB_URL", pg_url(name))
+    try:
+        yield "postgresql"
+    finally:
+        monitoring._engines.pop(pg_url(name)).dispose()
+        drop_databases([name])
 
 
 def _run(run_id: str) -> RunContext:
@@ -86,7 +109,7 @@ def test_a_poison_row_is_rejected_and_the_rows_after_it_flow(two_models: Path) -
     assert len(monitoring.drift_event_log()) == 4
 
 
-def test_a_claim_nobody_consumed_is_delivered_again_after_its_lease(two_models: Path) -> None:
+def test_a_claim_nobody_consumed_is_delivered_again_after_its_lease(store: str) -> None:
     event_id = raise_event(MODEL, {"reason": "lost by a dead triggerer"})
     now = datetime.now(UTC)
     assert [r["id"] for r in intake(MODEL, policy=POLICY, now=now).claimed] == [event_id]
@@ -101,7 +124,7 @@ def test_a_claim_nobody_consumed_is_delivered_again_after_its_lease(two_models: 
 
 
 def test_an_event_delivered_twice_retrains_once_and_the_duplicate_is_recorded(
-    two_models: Path,
+    store: str,
 ) -> None:
     event_id = raise_event(MODEL, {"reason": "storm of one"})
     intake(MODEL, policy=POLICY)
@@ -143,7 +166,7 @@ def test_an_event_delivered_twice_retrains_once_and_the_duplicate_is_recorded(
     )
 
 
-def test_a_storm_at_intake_is_merged_then_suppressed_by_the_cooldown(two_models: Path) -> None:
+def test_a_storm_at_intake_is_merged_then_suppressed_by_the_cooldown(store: str) -> None:
     t0 = datetime.now(UTC)
     first_batch = [raise_event(MODEL, {"reason": f"storm {i}"}) for i in range(20)]
     claimed = intake(MODEL, policy=POLICY, now=t0).claimed
@@ -245,7 +268,7 @@ def test_rest_extras_may_only_name_this_models_unconsumed_events(
     assert admission.admitted, admission.message
 
 
-def test_requeue_puts_a_rejected_event_back_and_audits_it(two_models: Path) -> None:
+def test_requeue_puts_a_rejected_event_back_and_audits_it(store: str) -> None:
     bad = raise_event(MODEL, {"share_drifted": 3})
     intake(MODEL, policy=POLICY)
     assert monitoring.drift_event(bad)["status"] == "rejected"
