@@ -279,14 +279,19 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
     """The champion, the last decisions with their reasons, and the open drift events."""
-    from driftline.status import render
+    from driftline.stack import component_health
+    from driftline.status import render, render_components
     from driftline.status import status as collect
 
     try:
         statuses = collect(model)
     except DriftlineError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(statuses, indent=2, default=str) if as_json else render(statuses))
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=2, default=str))
+        return
+    typer.echo(render_components(component_health()))
+    typer.echo(render(statuses))
 
 
 @app.command()

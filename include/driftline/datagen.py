@@ -31,6 +31,7 @@ chargeback window), recorded in ``label_available_at``. Scenarios:
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -406,6 +407,35 @@ def validate_arguments(scenario: str, days: int, seed: int, n_cards: int, n_merc
         raise DriftlineError(f"--merchants {n_merchants!r} must be at least {len(CATEGORIES)}")
 
 
+def _clear_interrupted_days(offline_dir: Path) -> None:
+    """Remove what a `generate` interrupted mid-day left behind, saying so.
+
+    A day is written features first, transactions last, each file atomically, and counts as
+    present once its transactions land. An interruption leaves partition directories holding
+    only a temporary file, or feature partitions of a day without transactions. Neither is
+    data anyone delivered: the day is generated again (the same seed writes the same bytes),
+    so they are removed instead of blocking the next run with "partition already exists".
+    """
+    for table in offline.SCHEMAS:
+        root = offline_dir / table
+        for partition in sorted(root.glob("date=*")) if root.is_dir() else []:
+            leftovers = list(partition.iterdir())
+            if all(f.name.startswith(".") and f.name.endswith(".tmp") for f in leftovers):
+                log.warning("removing %s, left by an interrupted write", partition)
+                shutil.rmtree(partition)
+    days = offline.list_days(offline_dir, "transactions")
+    for table in ("card_features", "merchant_features"):
+        for day in offline.list_days(offline_dir, table):
+            if not days or day > days[-1]:
+                log.warning(
+                    "%s of %s was left by an interrupted `generate` (that day has no "
+                    "transactions); removing it, the day is generated again",
+                    table,
+                    day,
+                )
+                shutil.rmtree(offline.partition_path(offline_dir, table, day).parent)
+
+
 def generate(
     *,
     offline_dir: Path,
@@ -432,6 +462,7 @@ def generate(
     validate_arguments(scenario, days, seed, n_cards, n_merchants)
     start_day = _parse_start(start)
     manifest = offline.read_manifest(offline_dir)
+    _clear_interrupted_days(offline_dir)
     existing = offline.list_days(offline_dir, "transactions")
     if manifest is not None:
         for key, value in (("seed", seed), ("cards", n_cards), ("merchants", n_merchants)):

@@ -4,14 +4,26 @@ The store is configured by ``feature_repo/feature_store.yaml`` (or the file name
 ``FEAST_FS_YAML_FILE_PATH``), whose ``${VARS}`` are filled from :mod:`driftline.settings`.
 Registry sync (``feast apply``) is an explicit step, never part of materialization, and
 keeps every feature view's materialization intervals.
+
+The registry is Feast's SQL registry in both profiles (SQLite file embedded, PostgreSQL in
+production): one row per object, each write its own transaction, so concurrent writers never
+read a torn registry. Feast records a materialization interval by reading the view's row and
+writing it back; two materializations of the same view at once could lose one interval, and
+the online store (which overwrites without comparing timestamps) could end on the older
+window. :func:`materialize_window` therefore holds a per-view lock across processes while it
+reads the view's newest end, loads the rows and records the interval.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -163,6 +175,40 @@ def _count_rows(
     return int(rows), int(entities)
 
 
+@contextlib.contextmanager
+def _view_lock(store: FeatureStore, view: str) -> Iterator[None]:
+    """One materialization of ``view`` at a time, across processes and machines.
+
+    SQLite registry: an exclusive ``flock`` on a file beside it. PostgreSQL registry: a
+    session advisory lock on the registry's database (held on its own connection; Feast's
+    writes are not blocked by it, only other materializations of the same view).
+    """
+    url = str(store.config.registry.path)
+    if url.startswith("sqlite:///"):
+        lock_path = Path(f"{url.removeprefix('sqlite:///')}.{store.project}.{view}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"driftline-materialize/{store.project}/{view}".encode())
+        key = int.from_bytes(digest.digest()[:8], "big", signed=True)
+        with store.registry.write_engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    yield
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -203,17 +249,20 @@ def materialize_window(
         views = [view for view in views if view.name in feature_views]
     results = []
     for view in sorted(views, key=lambda v: v.name):
-        window_start, window_end, note = start - overlap, end, ""
-        newest = view.most_recent_end_time
-        if newest is not None and _aware(newest) > window_end:
-            window_end = _aware(newest)
-            note = f"extended to the newest materialized end {window_end.isoformat()}"
-        paths = _check_window_partitions(
-            settings.offline_dir, offline_table(view), window_start, window_end
-        )
-        join_key = view.entity_columns[0].name
-        rows, entities = _count_rows(paths, join_key, window_start, window_end)
-        store.materialize(window_start, window_end, feature_views=[view.name])
+        with _view_lock(store, view.name):
+            # Re-read inside the lock: another materialization may have ended meanwhile.
+            view = store.registry.get_feature_view(view.name, store.project, allow_cache=False)
+            window_start, window_end, note = start - overlap, end, ""
+            newest = view.most_recent_end_time
+            if newest is not None and _aware(newest) > window_end:
+                window_end = _aware(newest)
+                note = f"extended to the newest materialized end {window_end.isoformat()}"
+            paths = _check_window_partitions(
+                settings.offline_dir, offline_table(view), window_start, window_end
+            )
+            join_key = view.entity_columns[0].name
+            rows, entities = _count_rows(paths, join_key, window_start, window_end)
+            store.materialize(window_start, window_end, feature_views=[view.name])
         result = MaterializedView(
             feature_view=view.name,
             start=window_start.isoformat(),

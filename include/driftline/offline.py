@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftline.errors import DriftlineError
+from driftline.files import write_atomic
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -207,11 +208,9 @@ def write_partition(offline_dir: Path, table: str, day: date, data: pa.Table) ->
     if path.exists():
         raise DriftlineError(f"offline partition already exists, raw data is immutable: {path}")
     data = data.select(SCHEMAS[table].names).cast(SCHEMAS[table])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(data, tmp, compression="zstd")
-    os.replace(tmp, path)
-    return path
+    buffer = pa.BufferOutputStream()
+    pq.write_table(data, buffer, compression="zstd")
+    return write_atomic(path, buffer.getvalue().to_pybytes())
 
 
 QUARANTINE = "_quarantine"
@@ -221,19 +220,32 @@ def quarantine_day(offline_dir: Path, day: date, reason: str) -> Path:
     """Move every table's partition of ``day`` out of the store, into ``_quarantine/<day>/``.
 
     What an operator does with a broken delivery: the data is kept for inspection, but no
-    stage reads it any more, and the next `driftline generate` delivers the day again.
+    stage reads it any more, and the next `driftline generate` delivers the day again. A day
+    quarantined before and delivered again goes to ``_quarantine/<day>.2/`` (and so on);
+    quarantining a day that is already out of the store says where it is.
     """
-    target = offline_dir / QUARANTINE / day.isoformat()
-    moved = []
-    for table in SCHEMAS:
-        partition = partition_path(offline_dir, table, day).parent
-        if partition.is_dir():
-            (target / table).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(partition, target / table)
-            moved.append(table)
-    if not moved:
+    quarantine = offline_dir / QUARANTINE
+    present = [t for t in SCHEMAS if partition_path(offline_dir, t, day).parent.is_dir()]
+    earlier = sorted(quarantine.glob(f"{day.isoformat()}*")) if quarantine.is_dir() else []
+    if not present:
+        if earlier:
+            why = (
+                (earlier[-1] / "reason.txt").read_text().strip()
+                if (earlier[-1] / "reason.txt").is_file()
+                else "?"
+            )
+            raise DriftlineError(
+                f"{day} is already quarantined in {earlier[-1]} (reason: {why}); nothing left "
+                f"in {offline_dir} to move. `driftline generate` delivers the day again"
+            )
         raise DriftlineError(f"no partition of {day} in {offline_dir} to quarantine")
-    (target / "reason.txt").write_text(reason + "\n")
+    target = quarantine / day.isoformat()
+    if target.exists():
+        target = quarantine / f"{day.isoformat()}.{len(earlier) + 1}"
+    for table in present:
+        (target / table).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partition_path(offline_dir, table, day).parent, target / table)
+    write_atomic(target / "reason.txt", reason + "\n")
     manifest = read_manifest(offline_dir)
     if manifest is not None:
         manifest["days"].pop(day.isoformat(), None)
@@ -253,8 +265,4 @@ def read_manifest(offline_dir: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(offline_dir: Path, manifest: dict[str, Any]) -> None:
-    path = offline_dir / MANIFEST
-    offline_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(offline_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

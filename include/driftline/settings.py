@@ -30,8 +30,8 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("DRIFTLINE_FEAST_PROJECT", "Feast project name", "driftline"),
     (
         "DRIFTLINE_FEAST_REGISTRY",
-        "Feast file registry (embedded)",
-        "$DRIFTLINE_HOME/feast/registry.db",
+        "Feast SQL registry's SQLite file (embedded)",
+        "$DRIFTLINE_HOME/feast/registry.sqlite",
     ),
     (
         "DRIFTLINE_FEAST_ONLINE_PATH",
@@ -135,7 +135,7 @@ def get_settings() -> Settings:
         feast_repo=feast_repo,
         feast_yaml=_path("FEAST_FS_YAML_FILE_PATH", feast_repo / "feature_store.yaml"),
         feast_project=os.environ.get("DRIFTLINE_FEAST_PROJECT", "driftline"),
-        feast_registry=_path("DRIFTLINE_FEAST_REGISTRY", home / "feast" / "registry.db"),
+        feast_registry=_path("DRIFTLINE_FEAST_REGISTRY", home / "feast" / "registry.sqlite"),
         feast_online_path=_path("DRIFTLINE_FEAST_ONLINE_PATH", home / "feast" / "online.db"),
         feast_registry_url=os.environ.get("DRIFTLINE_FEAST_REGISTRY_URL") or None,
         feast_redis=os.environ.get("DRIFTLINE_FEAST_REDIS") or None,

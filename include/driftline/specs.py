@@ -4,10 +4,19 @@ A spec says everything an operator may want to change without code: the features
 label, the validation rules, drift thresholds, XGBoost parameters, the promotion policy and
 the schedules. A second model is a second file. Loading is cheap (YAML + pydantic) because
 DAG files call it at parse time to generate one set of DAGs per spec.
+
+Strict: unknown keys are refused, and so is every value the system could not honour — a
+per-feature rule on a column that is not a feature (with the nearest valid name), reversed
+bounds, an unknown drift method, an invalid cron, a value outside what the trigger form
+accepts. Isolated: one broken spec costs only its own model. The DAG files build DAGs from
+:func:`loadable_specs`; ``dags/model_specs.py`` raises :func:`check_specs`'s error, so each
+broken spec shows as an Airflow import error naming the file and the field.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,11 +24,44 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from driftline.errors import DriftlineError
+from driftline.errors import DriftlineError, InvalidInput
 from driftline.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 SPEC_SUFFIXES = (".yaml", ".yml")
+# the retrain trigger form's upper bound of window_days; a spec default beyond it would fail
+# the DAG's import through the Param
+MAX_WINDOW_DAYS = 365
+# Evidently 0.7's drift tests by column type (evidently.legacy.calculations.stattests),
+# checked against Evidently itself by tests/unit/test_specs.py
+NUMERIC_METHODS = (
+    "anderson",
+    "cramer_von_mises",
+    "ed",
+    "empirical_mmd",
+    "es",
+    "hellinger",
+    "jensenshannon",
+    "kl_div",
+    "ks",
+    "mannw",
+    "psi",
+    "t_test",
+    "wasserstein",
+)
+CATEGORICAL_METHODS = (
+    "TVD",
+    "chisquare",
+    "fisher_exact",
+    "g_test",
+    "hellinger",
+    "jensenshannon",
+    "kl_div",
+    "psi",
+    "z",
+)
 
 
 class _Strict(BaseModel):
@@ -44,9 +86,14 @@ class ValidationSpec(_Strict):
     """The data-validation gate of a training set."""
 
     min_rows: int = Field(1000, ge=1)
-    max_null_rate: dict[str, float] = Field(default_factory=lambda: {"default": 0.05})
+    # feature -> ceiling; "default" for every feature not named
+    max_null_rate: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: {"default": 0.05}
+    )
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    label_rate: tuple[float, float] = (0.001, 0.2)
+    label_rate: tuple[
+        Annotated[float, Field(ge=0.0, le=1.0)], Annotated[float, Field(ge=0.0, le=1.0)]
+    ] = (0.001, 0.2)
     min_positives: int = Field(20, ge=1)
     max_duplicate_keys: int = Field(0, ge=0)
     # share of a window's days that must hold at least one row
@@ -92,7 +139,7 @@ class DriftSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    window_days: int = Field(28, ge=3)
+    window_days: int = Field(28, ge=3, le=MAX_WINDOW_DAYS)
     validation_days: int = Field(3, ge=1)
     holdout_days: int = Field(4, ge=1)
     num_boost_round: int = Field(400, ge=1)
@@ -172,6 +219,9 @@ class ModelSpec(_Strict):
             )
         if self.label in names:
             raise ValueError(f"the label {self.label!r} is also listed as a feature")
+        problems = _rule_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -204,11 +254,60 @@ class ModelSpec(_Strict):
         return self.name
 
 
+def _nearest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
+    return f" (nearest valid name: {close[0]!r})" if close else ""
+
+
+def _rule_problems(spec: ModelSpec) -> list[str]:
+    """Values the schema admits but the system could not honour, each as ``key.path: why``."""
+    problems = []
+    features = spec.feature_names
+    for section, names in (
+        ("ranges", list(spec.validation.ranges)),
+        ("max_null_rate", [n for n in spec.validation.max_null_rate if n != "default"]),
+    ):
+        valid = [*features, "default"] if section == "max_null_rate" else features
+        for name in names:
+            if name not in features:
+                problems.append(
+                    f"validation.{section}.{name}: {name!r} is not a feature of this model"
+                    f"{_nearest(name, valid)}"
+                )
+    for name, (low, high) in spec.validation.ranges.items():
+        if low > high:
+            problems.append(f"validation.ranges.{name}: lower bound {low} is above upper {high}")
+    low, high = spec.validation.label_rate
+    if low >= high:
+        problems.append(f"validation.label_rate: lower bound {low} is not below upper {high}")
+    for key, value, allowed in (
+        ("numeric_method", spec.drift.numeric_method, NUMERIC_METHODS),
+        ("categorical_method", spec.drift.categorical_method, CATEGORICAL_METHODS),
+        ("prediction_method", spec.drift.prediction_method, NUMERIC_METHODS),
+    ):
+        if value not in allowed:
+            problems.append(
+                f"drift.{key}: {value!r} is not an Evidently drift method for this column "
+                f"type{_nearest(value, list(allowed))}; one of {', '.join(allowed)}"
+            )
+    from croniter import croniter
+
+    for key in ("retrain", "drift_monitor"):
+        cron = getattr(spec.schedule, key)
+        if not croniter.is_valid(cron) or len(cron.split()) not in (1, 5):
+            problems.append(
+                f"schedule.{key}: {cron!r} is not a valid cron expression "
+                "(five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * 1')"
+            )
+    return problems
+
+
 def _format_error(path: Path, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        problems.append(f"{field}: {error['msg']}")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{field}: {message}" if field else message)
     return f"model spec {path} is malformed: " + "; ".join(problems)
 
 
@@ -217,19 +316,19 @@ def load_spec_file(path: Path) -> ModelSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise DriftlineError(f"model spec {path} is unreadable: {exc}") from exc
+        raise InvalidInput(f"model spec {path} is unreadable: {exc}") from exc
     except yaml.YAMLError as exc:
-        raise DriftlineError(f"model spec {path} is not valid YAML: {exc}") from exc
+        raise InvalidInput(f"model spec {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise DriftlineError(
+        raise InvalidInput(
             f"model spec {path} must be a mapping of fields, got {type(raw).__name__}"
         )
     try:
         spec = ModelSpec.model_validate({**raw, "source": str(path)})
     except ValidationError as exc:
-        raise DriftlineError(_format_error(path, exc)) from None
+        raise InvalidInput(_format_error(path, exc)) from None
     if spec.name != path.stem:
-        raise DriftlineError(
+        raise InvalidInput(
             f"model spec {path} is malformed: name: {spec.name!r} must match the file name "
             f"{path.stem!r}"
         )
@@ -244,8 +343,44 @@ def spec_files(models_dir: Path | None = None) -> list[Path]:
 
 
 def load_specs(models_dir: Path | None = None) -> list[ModelSpec]:
-    """Every spec of the models directory, sorted by name."""
+    """Every spec of the models directory, sorted by name; the first broken one raises."""
     return [load_spec_file(path) for path in spec_files(models_dir)]
+
+
+def loadable_specs(models_dir: Path | None = None) -> list[ModelSpec]:
+    """The specs that load; a broken one is logged and left out, costing only its model.
+
+    For the DAG files: Airflow drops every DAG of a file that raises, so they build DAGs from
+    these, and ``dags/model_specs.py`` reports the broken ones as its import error.
+    """
+    specs = []
+    for path in spec_files(models_dir):
+        try:
+            specs.append(load_spec_file(path))
+        except DriftlineError as exc:
+            log.error("%s; its DAGs are left out until it is fixed", exc)
+    return specs
+
+
+def model_names(models_dir: Path | None = None) -> list[str]:
+    """Every model with a spec file, broken or not (a broken spec's events wait for its fix)."""
+    return [path.stem for path in spec_files(models_dir)]
+
+
+def check_specs(models_dir: Path | None = None) -> None:
+    """Raise one error listing every broken spec (file, field, value, nearest valid name)."""
+    problems = []
+    for path in spec_files(models_dir):
+        try:
+            load_spec_file(path)
+        except DriftlineError as exc:
+            problems.append(str(exc))
+    if problems:
+        count = f"{len(problems)} model spec{'s' if len(problems) > 1 else ''}"
+        raise InvalidInput(
+            f"{count} broken, their DAGs are left out (every other model runs):\n- "
+            + "\n- ".join(problems)
+        )
 
 
 def load_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
@@ -260,4 +395,4 @@ def load_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
 
 def feature_views_in_use(models_dir: Path | None = None) -> list[str]:
     """Feature views some model reads — the assets the materialization DAG updates."""
-    return sorted({view for spec in load_specs(models_dir) for view in spec.feature_views})
+    return sorted({view for spec in loadable_specs(models_dir) for view in spec.feature_views})

@@ -2,12 +2,17 @@
 
 ``driftline up`` / ``make up`` start them, ``driftline down`` / ``make down`` stop exactly
 what was started — by the process-group ids recorded in ``$DRIFTLINE_HOME/run/stack.json``,
-never by process name. Tests use the same class with a temporary state directory.
+never by process name. Each record carries the leader's command line and start time (from
+``/proc``); a group is signalled only while its leader is still that process, so a stale
+record after a crash or a reboot never reaches an unrelated program. ``up`` on a stack with a
+dead component restarts only what is dead. Tests use the same class with a temporary state
+directory.
 
 Access: no anonymous access. Airflow's simple auth manager gets two accounts, ``admin``
 (role admin) and ``operator`` (role user: may trigger and clear runs, may not administer —
 connections, variables, pools stay out of reach). Their passwords are generated on the
-first start and kept in a git-ignored file in the state directory.
+first start by driftline (never by Airflow, which would print them into the api-server's
+log) and kept in a git-ignored file, mode 0600, in the state directory.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,10 +33,38 @@ from pathlib import Path
 from typing import Any
 
 from driftline.errors import DriftlineError
+from driftline.files import write_json
 from driftline.settings import Settings, get_settings
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 USERS = {"admin": "admin", "operator": "user"}
+# the alphabet of Airflow's simple auth manager (no look-alike characters)
+_PASSWORD_ALPHABET = "abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789"
+
+
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """The leader's start time (clock ticks after boot) and command line, or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return {
+        "start_time": int(fields[19]),
+        "cmdline": " ".join(part.decode(errors="replace") for part in cmdline.split(b"\0") if part),
+    }
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's group: alive, and certainly not ours
+    return True
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -146,18 +180,49 @@ class Stack:
     def recorded(self) -> dict[str, Any]:
         if not self.state_file.is_file():
             return {}
-        return json.loads(self.state_file.read_text())
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise DriftlineError(
+                f"{self.state_file} is unreadable ({exc}); if no stack runs, delete it"
+            ) from exc
+
+    def _record(self, recorded: dict[str, Any]) -> None:
+        write_json(self.state_file, recorded)
+
+    def component_state(self, name: str) -> str:
+        """``running``, ``dead`` or ``stale`` (the group id now belongs to another program)."""
+        recorded = self.recorded()
+        pgid = recorded.get("processes", {}).get(name)
+        if pgid is None:
+            return "not recorded"
+        expected = recorded.get("identity", {}).get(name)
+        leader = process_identity(pgid)
+        if leader is None:
+            # Linux never hands out a pid still in use as a process group id: members of the
+            # group outliving its leader are ours
+            return "running" if _group_alive(pgid) else "dead"
+        if expected is None:  # recorded by an older driftline: trust the command line only
+            ours = "airflow" in leader["cmdline"] or "mlflow" in leader["cmdline"]
+        else:
+            ours = leader == expected
+        if not ours:
+            return "stale"
+        return "running" if _group_alive(pgid) else "dead"
 
     def running(self) -> dict[str, int]:
-        """Recorded components whose process group is still alive."""
-        alive = {}
-        for name, pgid in self.recorded().get("processes", {}).items():
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                continue
-            alive[name] = pgid
-        return alive
+        """Recorded components whose process group is alive and still the one started."""
+        processes = self.recorded().get("processes", {})
+        return {
+            name: pgid
+            for name, pgid in processes.items()
+            if self.component_state(name) == "running"
+        }
+
+    def not_running(self) -> dict[str, str]:
+        """Recorded components that are dead or whose record is stale, with that state."""
+        states = {name: self.component_state(name) for name in self.recorded().get("processes", {})}
+        return {name: state for name, state in states.items() if state != "running"}
 
     def check_ports(self) -> None:
         ports = {"AIRFLOW_PORT": self.port}
@@ -185,41 +250,74 @@ class Stack:
             with sqlite3.connect(database) as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
 
-    def start(self, components: tuple[str, ...] = AIRFLOW_COMPONENTS) -> dict[str, int]:
-        """Start the components in the background (one process group each) and record them."""
-        if self.running():
+    def ensure_passwords(self) -> dict[str, str]:
+        """The accounts' passwords, generated once into a 0600 file before Airflow starts.
+
+        Airflow's simple auth manager generates missing passwords itself and prints them into
+        the api-server's log; with every user already in the file it never does.
+        """
+        passwords: dict[str, str] = {}
+        if self.passwords_file.is_file():
+            passwords = json.loads(self.passwords_file.read_text() or "{}")
+        missing = [user for user in USERS if user not in passwords]
+        for user in missing:
+            passwords[user] = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(16))
+        if missing or self.passwords_file.stat().st_mode & 0o077:
+            write_json(self.passwords_file, passwords, mode=0o600)
+        return passwords
+
+    def start(self, components: tuple[str, ...] | None = None) -> dict[str, int]:
+        """Start components in the background (one process group each) and record them.
+
+        Default: every component. Components already running are refused; a partial start
+        (``up`` restarting what died) keeps the records of the others.
+        """
+        wanted = components or (*AIRFLOW_COMPONENTS, *(("mlflow-ui",) if self.mlflow_port else ()))
+        alive = self.running()
+        if set(wanted) & set(alive):
             raise DriftlineError(
                 f"a stack is already running for {self.settings.home} "
-                f"({', '.join(self.running())}); `driftline down` stops it"
+                f"({', '.join(sorted(set(wanted) & set(alive)))}); `driftline down` stops it"
             )
-        self.check_ports()
+        if not alive:
+            self.check_ports()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_passwords()
         env = self.env()
-        processes: dict[str, int] = {}
         commands = {
-            name: [str(Path(sys.executable).with_name("airflow")), name] for name in components
+            name: [str(Path(sys.executable).with_name("airflow")), name]
+            for name in wanted
+            if name in AIRFLOW_COMPONENTS
         }
         if "scheduler" in commands:
             # task processes fork from the scheduler's executor: start them warm (preload.py)
             commands["scheduler"] = [sys.executable, "-m", "driftline.preload", "scheduler"]
-        if self.mlflow_port:
+        if "mlflow-ui" in wanted and self.mlflow_port:
             commands["mlflow-ui"] = self.mlflow_command()
+        recorded = self.recorded() if alive else {}
+        processes: dict[str, int] = {name: recorded["processes"][name] for name in alive}
+        identity = {name: recorded.get("identity", {}).get(name) for name in alive}
+        started: dict[str, int] = {}
         try:
             for name, command in commands.items():
                 log = (self.log_dir / f"{name}.log").open("ab")
                 process = subprocess.Popen(
                     command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
-                processes[name] = process.pid  # a new session: pid == process group id
+                started[name] = process.pid  # a new session: pid == process group id
+                processes[name] = process.pid
+                identity[name] = process_identity(process.pid)
         finally:
-            self.state_file.write_text(
-                json.dumps(
-                    {"processes": processes, "port": self.port, "mlflow_port": self.mlflow_port},
-                    indent=2,
-                )
+            self._record(
+                {
+                    "processes": processes,
+                    "identity": identity,
+                    "port": self.port,
+                    "mlflow_port": self.mlflow_port,
+                }
             )
-        return processes
+        return started
 
     def mlflow_command(self) -> list[str]:
         command = [str(Path(sys.executable).with_name("mlflow")), "server"]
@@ -236,23 +334,27 @@ class Stack:
             command += ["--backend-store-uri", self.settings.mlflow_tracking_uri]
         return [*command, "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"]
 
+    def _signal_and_wait(self, groups: dict[str, int], timeout: float) -> None:
+        for pgid in groups.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for pgid in groups.values():
+            while time.monotonic() < deadline:
+                if not _group_alive(pgid):
+                    break
+                time.sleep(0.2)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+
     def stop_component(self, name: str, timeout: float = 30) -> None:
         """Stop one recorded component (fault drills: e.g. the MLflow server mid-run)."""
-        recorded = self.recorded()
-        pgid = recorded.get("processes", {}).get(name)
+        pgid = self.recorded().get("processes", {}).get(name)
         if pgid is None:
             raise DriftlineError(f"no {name} recorded for {self.settings.home}")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        if self.component_state(name) == "running":
+            self._signal_and_wait({name: pgid}, timeout)
 
     def kill_component(self, name: str) -> None:
         """SIGKILL one recorded component's process group, no grace (crash drills)."""
@@ -297,33 +399,29 @@ class Stack:
             start_new_session=True,
         )
         recorded.setdefault("processes", {})["mlflow-ui"] = process.pid
-        self.state_file.write_text(json.dumps(recorded, indent=2))
+        recorded.setdefault("identity", {})["mlflow-ui"] = process_identity(process.pid)
+        self._record(recorded)
         return process.pid
 
+    def stale_records(self) -> list[str]:
+        """A message for each recorded group id that now belongs to another program."""
+        recorded = self.recorded()
+        return [
+            f"{name}: process group {pgid} is no longer the one driftline started "
+            f"(now: {(process_identity(pgid) or {}).get('cmdline', '?')[:120]!r}); "
+            "not signalled, its record is removed"
+            for name, pgid in recorded.get("processes", {}).items()
+            if self.component_state(name) == "stale"
+        ]
+
     def stop(self, timeout: float = 30) -> list[str]:
-        """Stop every recorded process group: SIGTERM, then SIGKILL after ``timeout``."""
-        stopped = []
-        groups = self.recorded().get("processes", {})
-        for name, pgid in groups.items():
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                stopped.append(name)
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + timeout
-        for pgid in groups.values():
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
+        """Stop every recorded process group that is still ours: SIGTERM, SIGKILL after
+        ``timeout``. Stale records (the id now another program's) are dropped unsignalled."""
+        groups = self.running()
+        self._signal_and_wait(groups, timeout)
         if self.state_file.exists():
             self.state_file.unlink()
-        return stopped
+        return list(groups)
 
     # --- health and access ------------------------------------------------------------------
 
@@ -344,7 +442,7 @@ class Stack:
         last: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             for name in self.recorded().get("processes", {}):
-                if name not in self.running():
+                if self.component_state(name) != "running":
                     tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise DriftlineError(f"{name} exited during start-up; its log ends:\n{tail}")
             last = self.health()
@@ -455,12 +553,27 @@ def up(
         extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", **(extra_env or {})},
         mlflow_server=mlflow_server,
     )
+    for message in stack.stale_records():
+        say(f"stale record in {stack.state_file}: {message}")
     if stack.running():
         recorded = stack.recorded()
         stack.port, stack.mlflow_port = recorded.get("port", port), recorded.get("mlflow_port")
-        say(f"driftline is already up for {settings.home}")
+        broken = stack.not_running()
+        if not broken:
+            say(f"driftline is already up for {settings.home}")
+            say(access_summary(stack, first_start=False))
+            return stack
+        say(
+            f"driftline is up for {settings.home} but {', '.join(sorted(broken))} "
+            f"{'is' if len(broken) == 1 else 'are'} not running "
+            f"({', '.join(f'{n}: {s}' for n, s in sorted(broken.items()))}); restarting only that"
+        )
+        stack.start(components=tuple(broken))
+        stack.wait_healthy(timeout=timeout)
         say(access_summary(stack, first_start=False))
         return stack
+    if stack.recorded():
+        stack.state_file.unlink()  # nothing recorded is alive and ours: start afresh
     stack.check_ports()
     _preflight(stack, managed_mlflow=mlflow_port is not None)
 
@@ -607,6 +720,37 @@ def down(say: Any = print) -> list[str]:
     if not stack.recorded():
         say(f"nothing recorded as running for {settings.home}")
         return []
+    for message in stack.stale_records():
+        say(f"stale record in {stack.state_file}: {message}")
     stopped = stack.stop()
     say(f"stopped: {', '.join(stopped) or 'nothing was still running'}")
     return stopped
+
+
+def component_health(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Each recorded component: its process state and, when the API answers, its health."""
+    stack = Stack(settings=settings or get_settings())
+    recorded = stack.recorded()
+    if not recorded:
+        return []
+    stack.port = recorded.get("port", stack.port)
+    health = stack.health() if stack.component_state("api-server") == "running" else None
+    rows = []
+    for name, pgid in recorded.get("processes", {}).items():
+        state = stack.component_state(name)
+        reported = (health or {}).get(name.replace("-", "_")) or {}
+        if name == "api-server":
+            reported = {"status": "healthy" if health else "not answering"}
+        elif name == "mlflow-ui":
+            stack.mlflow_port = recorded.get("mlflow_port")
+            reported = {"status": "healthy" if stack.mlflow_healthy() else "not answering"}
+        rows.append(
+            {
+                "component": name,
+                "process_group": pgid,
+                "process": state,
+                "health": reported.get("status", "-"),
+                "last_heartbeat": reported.get(f"latest_{name.replace('-', '_')}_heartbeat"),
+            }
+        )
+    return rows

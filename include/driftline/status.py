@@ -7,7 +7,7 @@ from typing import Any
 
 from driftline import monitoring, registry
 from driftline.settings import Settings, get_settings
-from driftline.specs import load_specs
+from driftline.specs import loadable_specs
 
 
 def _when(value: datetime | None) -> str:
@@ -164,7 +164,7 @@ def model_status(
 
 def status(model: str | None = None, settings: Settings | None = None) -> list[dict[str, Any]]:
     settings = settings or get_settings()
-    names = [model] if model else [spec.name for spec in load_specs(settings.models_dir)]
+    names = [model] if model else [spec.name for spec in loadable_specs(settings.models_dir)]
     return [model_status(name, settings=settings) for name in names]
 
 
@@ -235,4 +235,21 @@ def render(statuses: list[dict[str, Any]]) -> str:
                 f"    #{event['id']} {event['at']} {event['status']} from {event['source']}"
                 f" ({event['age']} in this status)"
             )
+    return "\n".join(lines)
+
+
+def render_components(rows: list[dict[str, Any]]) -> str:
+    """The stack's components: process state (running, dead, stale record) and health."""
+    if not rows:
+        return "== stack: not running (nothing recorded; `make up` starts it)"
+    lines = ["== stack"]
+    for row in rows:
+        beat = f"  heartbeat {row['last_heartbeat']}" if row["last_heartbeat"] else ""
+        lines.append(
+            f"  {row['component']:14} {row['process']:12} {row['health']:14} "
+            f"pgid {row['process_group']}{beat}"
+        )
+    broken = [row["component"] for row in rows if row["process"] != "running"]
+    if broken:
+        lines.append(f"  {', '.join(broken)} not running: `make up` restarts only what is dead")
     return "\n".join(lines)

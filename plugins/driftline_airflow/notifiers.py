@@ -5,6 +5,10 @@ promote's success), rejection (on keep_champion's success) and failure (every ta
 failure). The target is pluggable through an Airflow connection: with connection
 ``driftline_webhook`` (an HTTP connection; the path goes in its extra as ``endpoint``) each
 notification is also POSTed there as JSON. Without it, the log line is the notification.
+
+The POST waits at most ``timeout`` seconds (the connection's extra ``timeout``, default 10)
+to connect and again to read the answer: a receiver that accepts the connection and never
+answers costs the callback that long, and the task it reports on still succeeds.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from airflow.sdk import BaseNotifier
 log = logging.getLogger("driftline.notify")
 
 WEBHOOK_CONN_ID = "driftline_webhook"
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
 
 
-def _webhook(conn_id: str) -> tuple[Any, str] | None:
-    """The HttpHook and endpoint of the webhook connection, or None when there is none."""
+def _webhook(conn_id: str) -> tuple[Any, str, float] | None:
+    """The HttpHook, endpoint and timeout of the webhook connection, or None without one."""
     from airflow.providers.http.hooks.http import HttpHook
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -31,8 +36,19 @@ def _webhook(conn_id: str) -> tuple[Any, str] | None:
         connection = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
-    endpoint = str(connection.extra_dejson.get("endpoint", ""))
-    return HttpHook(method="POST", http_conn_id=conn_id), endpoint
+    extra = connection.extra_dejson
+    endpoint = str(extra.get("endpoint", ""))
+    try:
+        timeout = float(extra.get("timeout", DEFAULT_WEBHOOK_TIMEOUT))
+    except (TypeError, ValueError):
+        log.warning(
+            "connection %s: extra timeout %r is not a number of seconds; using %s",
+            conn_id,
+            extra.get("timeout"),
+            DEFAULT_WEBHOOK_TIMEOUT,
+        )
+        timeout = DEFAULT_WEBHOOK_TIMEOUT
+    return HttpHook(method="POST", http_conn_id=conn_id), endpoint, timeout
 
 
 class DriftlineNotifier(BaseNotifier):
@@ -75,14 +91,18 @@ class DriftlineNotifier(BaseNotifier):
         target = _webhook(self.webhook_conn_id)
         if target is None:
             return
-        hook, endpoint = target
+        hook, endpoint, timeout = target
         try:
             hook.run(
                 endpoint=endpoint,
                 data=json.dumps(payload, default=str),
                 headers={"Content-Type": "application/json"},
+                extra_options={"timeout": timeout},
             )
         except Exception:
             log.exception(
-                "webhook %s did not take the %s notification", self.webhook_conn_id, self.event
+                "webhook %s did not take the %s notification within %s s",
+                self.webhook_conn_id,
+                self.event,
+                timeout,
             )

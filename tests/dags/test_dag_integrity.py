@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -13,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from driftline.settings import REPO_ROOT
 
-DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
+# dags/model_specs.py defines no DAG: it reports broken model specs as its import error.
+SPEC_CHECK = REPO_ROOT / "dags" / "model_specs.py"
+DAG_FILES = sorted(path for path in (REPO_ROOT / "dags").glob("*.py") if path != SPEC_CHECK)
 PARSE_BUDGET_SECONDS = 5.0
 SCRIPT = Path(__file__).with_name("parse_dag_file.py")
 
 
 @cache
-def _parse(path: Path, home: str) -> dict[str, Any]:
+def _parse(path: Path, home: str, models_dir: Path | None = None) -> dict[str, Any]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -36,6 +40,8 @@ def _parse(path: Path, home: str) -> dict[str, Any]:
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
         PYTHONPATH=str(REPO_ROOT / "plugins"),
     )
+    if models_dir is not None:
+        env["DRIFTLINE_MODELS_DIR"] = str(models_dir)
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(path)],
         capture_output=True,
@@ -108,3 +114,37 @@ def test_parse_guard_catches_parse_time_access(tmp_path: Path, parse_home: str) 
     )
     parsed = _parse(bad, parse_home)
     assert "Airflow Variable lookup at parse time" in json.dumps(parsed["import_errors"])
+
+
+def test_spec_check_file_defines_no_dag_and_passes_on_the_shipped_specs(parse_home: str) -> None:
+    parsed = _parse(SPEC_CHECK, parse_home)
+    assert parsed["import_errors"] == {}
+    assert parsed["dags"] == []
+
+
+def test_a_broken_spec_costs_only_its_own_model(tmp_path: Path, parse_home: str) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO_ROOT / "include" / "models" / "fraud_detection.yaml", models)
+    raw = yaml.safe_load((models / "fraud_detection.yaml").read_text())
+    raw["name"] = "fraud_lite"
+    raw["validation"]["ranges"] = {"amout": [0.01, 100000]}
+    (models / "fraud_lite.yaml").write_text(yaml.safe_dump(raw))
+    # the malformed file of the report: an indentation error
+    (models / "fraud_indent.yaml").write_text("name: fraud_indent\n  label: is_fraud\n")
+
+    parsed = _parse(REPO_ROOT / "dags", parse_home, models)
+
+    assert sorted(dag["dag_id"] for dag in parsed["dags"]) == [
+        "feature_materialization",
+        "fraud_detection_drift_monitor",
+        "fraud_detection_retrain",
+    ]
+    assert list(parsed["import_errors"]) == [str(SPEC_CHECK)]
+    error = parsed["import_errors"][str(SPEC_CHECK)]
+    assert "2 model specs broken" in error
+    assert (
+        f"model spec {models / 'fraud_lite.yaml'} is malformed: validation.ranges.amout: "
+        "'amout' is not a feature of this model (nearest valid name: 'amount')"
+    ) in error
+    assert f"model spec {models / 'fraud_indent.yaml'} is not valid YAML" in error

@@ -40,7 +40,9 @@ class World:
         """Point the settings at the scenario's own offline store and Feast registry
         (MLflow and the monitoring store stay shared); returns the day after its data."""
         self.patch.setenv("DRIFTLINE_OFFLINE_DIR", str(self.home / f"offline_{scenario}"))
-        self.patch.setenv("DRIFTLINE_FEAST_REGISTRY", str(self.home / f"registry_{scenario}.db"))
+        self.patch.setenv(
+            "DRIFTLINE_FEAST_REGISTRY", str(self.home / f"registry_{scenario}.sqlite")
+        )
         self.patch.setenv("DRIFTLINE_FEAST_ONLINE_PATH", str(self.home / f"online_{scenario}.db"))
         newest = offline.list_days(self.home / f"offline_{scenario}")[-1]
         return datetime(newest.year, newest.month, newest.day, tzinfo=UTC) + timedelta(days=1)

@@ -48,3 +48,56 @@ def test_raw_data_is_immutable(offline_copy: Path) -> None:
     data = pq.read_table(offline.partition_path(offline_copy, "transactions", day))
     with pytest.raises(DriftlineError, match="raw data is immutable"):
         offline.write_partition(offline_copy, "transactions", day, data)
+
+
+def test_quarantining_a_day_twice_says_where_it_is(tmp_path: Path) -> None:
+    from driftline.datagen import generate
+    from driftline.offline import QUARANTINE, list_days, quarantine_day
+
+    offline_dir = tmp_path / "offline"
+    generate(offline_dir=offline_dir, days=3, start="2026-01-01", n_cards=50, n_merchants=20)
+    day = list_days(offline_dir)[-1]
+    first = quarantine_day(offline_dir, day, "broken delivery")
+    assert first == offline_dir / QUARANTINE / day.isoformat()
+    with pytest.raises(DriftlineError) as error:
+        quarantine_day(offline_dir, day, "again")
+    assert f"{day} is already quarantined in {first} (reason: broken delivery)" in str(error.value)
+    assert "`driftline generate` delivers the day again" in str(error.value)
+
+    # delivered again, broken again: the second copy is kept beside the first
+    generate(offline_dir=offline_dir, days=1, n_cards=50, n_merchants=20)
+    second = quarantine_day(offline_dir, day, "broken twice")
+    assert second == offline_dir / QUARANTINE / f"{day.isoformat()}.2"
+    assert (first / "reason.txt").read_text() == "broken delivery\n"
+    assert (second / "reason.txt").read_text() == "broken twice\n"
+    assert list_days(offline_dir)[-1] < day
+
+
+def test_an_interrupted_generate_is_cleared_and_the_day_generated_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from driftline.datagen import generate
+    from driftline.offline import list_days, partition_path
+
+    whole = tmp_path / "whole"
+    generate(offline_dir=whole, days=3, start="2026-01-01", n_cards=50, n_merchants=20)
+    offline_dir = tmp_path / "offline"
+    generate(offline_dir=offline_dir, days=2, start="2026-01-01", n_cards=50, n_merchants=20)
+    # the third day was interrupted: its card features landed, the merchant features were
+    # being written (only a temporary file), the transactions never came
+    day = list_days(whole)[-1]
+    card = partition_path(offline_dir, "card_features", day)
+    card.parent.mkdir(parents=True)
+    card.write_bytes(partition_path(whole, "card_features", day).read_bytes())
+    merchant = partition_path(offline_dir, "merchant_features", day).parent
+    merchant.mkdir(parents=True)
+    (merchant / ".part-0.parquet.abc123.tmp").write_bytes(b"PAR1 torn")
+
+    result = generate(offline_dir=offline_dir, days=1, n_cards=50, n_merchants=20)
+    assert result.days == [day]
+    assert "left by an interrupted" in caplog.text
+    for table in ("transactions", "card_features", "merchant_features"):
+        assert (
+            partition_path(offline_dir, table, day).read_bytes()
+            == partition_path(whole, table, day).read_bytes()
+        ), table

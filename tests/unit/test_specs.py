@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftline.errors import DriftlineError
+from driftline.errors import DriftlineError, InvalidInput
 from driftline.settings import REPO_ROOT
-from driftline.specs import feature_views_in_use, load_spec, load_specs
+from driftline.specs import (
+    CATEGORICAL_METHODS,
+    NUMERIC_METHODS,
+    check_specs,
+    feature_views_in_use,
+    load_spec,
+    load_specs,
+    loadable_specs,
+    model_names,
+)
 
 MODELS = REPO_ROOT / "include" / "models"
 
@@ -40,6 +49,8 @@ def test_a_second_model_is_a_second_file(tmp_path: Path) -> None:
         "fraud_lite",
         name="fraud_lite",
         feast_features=["card_features:card_txn_count_1h"],
+        # per-feature rules name only this model's features
+        validation=_validation(ranges={"amount": [0.01, 100000]}, max_null_rate={"default": 0.02}),
     )
     assert [spec.name for spec in load_specs(tmp_path)] == ["fraud_detection", "fraud_lite"]
 
@@ -115,3 +126,117 @@ def test_shipped_spec_declares_confidence_and_slices() -> None:
     promotion = load_spec("fraud_detection", MODELS).promotion
     assert (promotion.confidence, promotion.slices) == (0.9, ("channel",))
     assert promotion.bootstrap_resamples >= 100
+
+
+def _validation(**changes: object) -> dict:
+    raw = yaml.safe_load((MODELS / "fraud_detection.yaml").read_text())["validation"]
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"validation": _validation(ranges={"amout": [0.01, 100000]})},
+            "validation.ranges.amout: 'amout' is not a feature of this model "
+            "(nearest valid name: 'amount')",
+        ),
+        (
+            {"validation": _validation(max_null_rate={"default": 0.02, "card_amount_mean7d": 0.2})},
+            "validation.max_null_rate.card_amount_mean7d: 'card_amount_mean7d' is not a feature "
+            "of this model (nearest valid name: 'card_amount_mean_7d')",
+        ),
+        (
+            {"validation": _validation(ranges={"hour": [23, 0]})},
+            "validation.ranges.hour: lower bound 23.0 is above upper 0.0",
+        ),
+        (
+            {"validation": _validation(label_rate=[0.08, 0.003])},
+            "validation.label_rate: lower bound 0.08 is not below upper 0.003",
+        ),
+        ({"validation": _validation(label_rate=[0.0, 1.5])}, "validation.label_rate.1"),
+        ({"validation": _validation(max_null_rate={"default": 2})}, "max_null_rate.default"),
+        (
+            {"drift": {"numeric_method": "wasserstien"}},
+            "drift.numeric_method: 'wasserstien' is not an Evidently drift method for this "
+            "column type (nearest valid name: 'wasserstein')",
+        ),
+        (
+            {"drift": {"categorical_method": "wasserstein"}},
+            "drift.categorical_method: 'wasserstein' is not an Evidently drift method",
+        ),
+        (
+            {"schedule": {"retrain": "0 25 * * 1"}},
+            "schedule.retrain: '0 25 * * 1' is not a valid cron expression",
+        ),
+        (
+            {"schedule": {"drift_monitor": "every night"}},
+            "schedule.drift_monitor: 'every night' is not a valid cron expression",
+        ),
+        (
+            {"training": {"window_days": 400}},
+            "training.window_days: Input should be less than or equal to 365",
+        ),
+    ],
+)
+def test_values_the_system_cannot_honour_are_refused(
+    tmp_path: Path, changes: dict, expected: str
+) -> None:
+    path = _write(tmp_path, "fraud_detection", **changes)
+    with pytest.raises(InvalidInput) as error:
+        load_spec("fraud_detection", tmp_path)
+    assert f"model spec {path} is malformed" in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_every_rule_problem_is_named_at_once(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        "fraud_detection",
+        validation=_validation(ranges={"amout": [0, 1], "hour": [5, 1]}),
+        schedule={"retrain": "61 * * * *"},
+    )
+    with pytest.raises(InvalidInput) as error:
+        load_spec("fraud_detection", tmp_path)
+    for part in ("validation.ranges.amout", "validation.ranges.hour", "schedule.retrain"):
+        assert part in str(error.value)
+
+
+def test_a_broken_spec_costs_only_its_own_model(tmp_path: Path) -> None:
+    _write(tmp_path, "fraud_detection")
+    broken = _write(
+        tmp_path, "fraud_lite", name="fraud_lite", validation=_validation(ranges={"amout": [0, 1]})
+    )
+    unparsable = tmp_path / "fraud_yaml.yaml"
+    unparsable.write_text("name: fraud_yaml\n  label: [oops\n")
+
+    assert [spec.name for spec in loadable_specs(tmp_path)] == ["fraud_detection"]
+    assert feature_views_in_use(tmp_path) == ["card_features", "merchant_features"]
+    assert model_names(tmp_path) == ["fraud_detection", "fraud_lite", "fraud_yaml"]
+    with pytest.raises(InvalidInput) as error:
+        check_specs(tmp_path)
+    message = str(error.value)
+    assert message.startswith("2 model specs broken")
+    assert f"model spec {broken} is malformed: validation.ranges.amout" in message
+    assert f"model spec {unparsable} is not valid YAML" in message
+    with pytest.raises(InvalidInput):
+        load_specs(tmp_path)
+
+
+def test_good_specs_pass_the_check() -> None:
+    check_specs(MODELS)
+
+
+def test_drift_method_lists_match_evidently() -> None:
+    import evidently.legacy.calculations.stattests  # noqa: F401  (registers the tests)
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+    from evidently.legacy.core import ColumnType
+
+    def registered(column_type: ColumnType) -> list[str]:
+        return sorted(
+            name for name, by_type in _registered_stat_tests.items() if column_type in by_type
+        )
+
+    assert list(NUMERIC_METHODS) == registered(ColumnType.Numerical)
+    assert list(CATEGORICAL_METHODS) == registered(ColumnType.Categorical)

@@ -1,0 +1,127 @@
+"""The stack manager signals only process groups that are still its own, notices dead
+components, and keeps its secrets and records safe. Real processes, no Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driftline.errors import DriftlineError
+from driftline.stack import Stack, down, process_identity
+from driftline.status import render_components
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process-group leader standing in for a component (or for an unrelated program)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    yield process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _record(stack: Stack, processes: dict[str, int], identity: dict[str, object]) -> None:
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    stack.state_file.write_text(
+        json.dumps({"processes": processes, "identity": identity, "port": 8080})
+    )
+
+
+def test_a_stale_record_is_never_signalled(
+    driftline_home: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = Stack()
+    real = process_identity(sleeper.pid)
+    assert real is not None and "time.sleep(300)" in real["cmdline"]
+    # the recorded scheduler was an earlier process that had this id (the id was reused)
+    recorded = {"start_time": real["start_time"] - 1, "cmdline": "airflow scheduler"}
+    _record(stack, {"scheduler": sleeper.pid}, {"scheduler": recorded})
+
+    assert stack.component_state("scheduler") == "stale"
+    assert stack.running() == {}
+    assert down() == []
+    time.sleep(0.5)
+    assert sleeper.poll() is None, "an unrelated process group was signalled"
+    out = capsys.readouterr().out
+    assert f"scheduler: process group {sleeper.pid} is no longer the one driftline started" in out
+    assert "not signalled, its record is removed" in out
+    assert not stack.state_file.exists()
+
+
+def test_own_groups_are_stopped_and_dead_ones_noticed(
+    driftline_home: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    stack = Stack()
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    _record(
+        stack,
+        {"scheduler": sleeper.pid, "triggerer": other.pid},
+        {"scheduler": process_identity(sleeper.pid), "triggerer": process_identity(other.pid)},
+    )
+    assert stack.running() == {"scheduler": sleeper.pid, "triggerer": other.pid}
+
+    os.killpg(other.pid, signal.SIGKILL)
+    other.wait()
+    assert stack.not_running() == {"triggerer": "dead"}
+    assert stack.running() == {"scheduler": sleeper.pid}
+    rendered = render_components(
+        [
+            {
+                "component": "scheduler",
+                "process_group": sleeper.pid,
+                "process": "running",
+                "health": "healthy",
+                "last_heartbeat": None,
+            },
+            {
+                "component": "triggerer",
+                "process_group": other.pid,
+                "process": "dead",
+                "health": "-",
+                "last_heartbeat": None,
+            },
+        ]
+    )
+    assert "triggerer not running: `make up` restarts only what is dead" in rendered
+
+    assert stack.stop(timeout=10) == ["scheduler"]
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_a_torn_stack_json_names_the_file(
+    driftline_home: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    stack = Stack()
+    _record(stack, {"scheduler": sleeper.pid}, {"scheduler": process_identity(sleeper.pid)})
+    stack.state_file.write_text('{"processes": {"schedu')  # a torn file from older code
+    with pytest.raises(
+        DriftlineError, match=r"stack.json is unreadable .*; if no stack runs, delete it"
+    ):
+        stack.running()
+
+
+def test_passwords_are_generated_by_driftline_and_private(driftline_home: Path) -> None:
+    stack = Stack()
+    passwords = stack.ensure_passwords()
+    assert sorted(passwords) == ["admin", "operator"]
+    assert all(len(value) == 16 for value in passwords.values())
+    assert stack.passwords_file.stat().st_mode & 0o777 == 0o600
+    assert stack.ensure_passwords() == passwords  # kept, never regenerated
+
+    # a file an older driftline (or Airflow) left world-readable is tightened, not replaced
+    stack.passwords_file.chmod(0o644)
+    assert stack.ensure_passwords() == passwords
+    assert stack.passwords_file.stat().st_mode & 0o777 == 0o600
