@@ -316,3 +316,20 @@ def test_unreachable_mlflow_and_store_are_unavailable(
     finally:
         monitoring._migrated.discard(url)
         monitoring._engines.pop(url, None)
+
+
+def test_cli_exit_codes_follow_the_error_kind(
+    versions: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftline.stack import free_port
+
+    unknown = _cli("promote", "--version", "999", "--reason", "typo")
+    assert unknown.returncode == 2, unknown.stderr  # InvalidInput
+    assert unknown.stderr.strip() == f"driftline: error: model '{MODEL}' has no version 999"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = _cli("promote", "--version", versions[0], "--reason", "while MLflow is down")
+    assert down.returncode == 3, down.stderr  # Unavailable
+    assert "MLflow registry unreachable at http://127.0.0.1" in down.stderr
+    assert monitoring.read_state(MODEL).champion_version is None  # nothing claimed
