@@ -224,14 +224,16 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) ->
         @task(on_success_callback=DriftlineNotifier(event="promotion"))
         def promote(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
-            from driftline.promotion import ChampionMoved
+            from driftline.errors import DriftlineError
 
             try:
                 return stages.promote(
                     model, built["run_dir"], context=run_context(get_current_context())
                 )
-            except ChampionMoved as moved:
-                raise AirflowFailException(str(moved)) from None
+            except DriftlineError as failed:
+                if failed.retryable:  # MLflow or the store down, a promotion in flight
+                    raise
+                raise AirflowFailException(str(failed)) from None  # champion moved, bad input
 
         @task(on_success_callback=DriftlineNotifier(event="rejection"))
         def keep_champion(built: dict[str, Any]) -> dict[str, Any]:

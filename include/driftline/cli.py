@@ -1,7 +1,9 @@
 """``driftline``: every stage runnable outside Airflow.
 
-Bad input ends in one line on stderr naming the argument and what is allowed, and exit
-code 2; nothing is written.
+A failure ends in one line on stderr (``driftline: error: ...``) and an exit code by its
+kind, set in one place (:func:`main`): 2 bad input or configuration (fix it, do not retry),
+3 a service unavailable (retry later), 4 a conflict (the state moved: re-read, then
+decide), 1 a demo step that misbehaved. Bad input writes nothing.
 """
 
 from __future__ import annotations
@@ -67,19 +69,16 @@ def generate(
     """Append DAYS days of SCENARIO transactions and their features to the offline store."""
     from driftline.datagen import generate as run
 
-    try:
-        result = run(
-            offline_dir=get_settings().offline_dir,
-            scenario=scenario,
-            days=days,
-            start=start,
-            seed=seed,
-            n_cards=cards,
-            n_merchants=merchants,
-            corrupt=corrupt,
-        )
-    except DriftlineError as exc:
-        _fail(str(exc))
+    result = run(
+        offline_dir=get_settings().offline_dir,
+        scenario=scenario,
+        days=days,
+        start=start,
+        seed=seed,
+        n_cards=cards,
+        n_merchants=merchants,
+        corrupt=corrupt,
+    )
     typer.echo(result.summary())
 
 
@@ -111,12 +110,9 @@ def materialize(
     finish = _parse_moment(end, "--end") or begin + timedelta(days=1)
     if overlap_minutes < 0:
         _fail(f"--overlap-minutes {overlap_minutes} must be zero or more")
-    try:
-        results = materialize_window(
-            begin, finish, overlap=timedelta(minutes=overlap_minutes), settings=settings
-        )
-    except DriftlineError as exc:
-        _fail(str(exc))
+    results = materialize_window(
+        begin, finish, overlap=timedelta(minutes=overlap_minutes), settings=settings
+    )
     for result in results:
         typer.echo(result.describe())
 
@@ -153,13 +149,10 @@ def retrain(
         reason=reason,
         dry_run=dry_run,
     )
-    try:
-        from driftline.clock import retrain_as_of
+    from driftline.clock import retrain_as_of
 
-        moment = retrain_as_of(model, end_date=_parse_moment(as_of, "--as-of"), reference=None)
-        result = stages.run_all(model, as_of=moment, context=context, window_days=window_days)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    moment = retrain_as_of(model, end_date=_parse_moment(as_of, "--as-of"), reference=None)
+    result = stages.run_all(model, as_of=moment, context=context, window_days=window_days)
     decision = result["decision"]
     typer.echo(f"{decision['outcome']}: challenger v{decision['challenger_version']} — ")
     for line in decision["reasons"]:
@@ -178,10 +171,7 @@ def monitor(
     from driftline.specs import load_spec
 
     context = RunContext(run_id=f"monitor-{datetime.now(UTC):%Y%m%dT%H%M%S}", triggered_by=_actor())
-    try:
-        result = run_monitor(load_spec(model), as_of=_as_of(as_of), context=context)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    result = run_monitor(load_spec(model), as_of=_as_of(as_of), context=context)
     typer.echo(f"{result.verdict}: " + ("; ".join(result.reasons) or "nothing drifted"))
     for name, column in sorted(result.columns.items()):
         flag = "DRIFT" if column["drifted"] else "ok"
@@ -251,10 +241,7 @@ def events(
     unknown = [s for s in status or [] if s not in monitoring.EVENT_STATUSES]
     if unknown:
         _fail(f"--status {unknown[0]!r} is not one of {', '.join(monitoring.EVENT_STATUSES)}")
-    try:
-        rows = event_rows(model, statuses=tuple(status or ()), limit=limit)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    rows = event_rows(model, statuses=tuple(status or ()), limit=limit)
     typer.echo(json.dumps(rows, indent=2, default=str) if as_json else render_events(rows))
 
 
@@ -266,10 +253,7 @@ def events_requeue(
     """Put a rejected, suppressed or stuck (emitted) drift event back to new; audited."""
     from driftline.events import requeue
 
-    try:
-        row = requeue(event_id, actor=_actor(), reason=reason)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    row = requeue(event_id, actor=_actor(), reason=reason)
     typer.echo(f"drift event {event_id} of {row['model']} is new again; the watcher delivers it")
 
 
@@ -283,10 +267,7 @@ def status(
     from driftline.status import render, render_components
     from driftline.status import status as collect
 
-    try:
-        statuses = collect(model)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    statuses = collect(model)
     if as_json:
         typer.echo(json.dumps(statuses, indent=2, default=str))
         return
@@ -303,10 +284,7 @@ def promote(
     """Human override: promote a version (compare-and-set, audited like the DAG's)."""
     from driftline.promotion import manual_promote
 
-    try:
-        result = manual_promote(model, version, reason=reason, actor=_actor())
-    except DriftlineError as exc:
-        _fail(str(exc))
+    result = manual_promote(model, version, reason=reason, actor=_actor())
     typer.echo(result.message)
 
 
@@ -315,14 +293,47 @@ def rollback(
     reason: Annotated[str, typer.Option(help="why; recorded in the audit log")],
     model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
 ) -> None:
-    """Human override: make previous_champion the champion again."""
+    """Human override: serve the champion before this one (walks the history back).
+
+    A second rollback goes one further back or is refused with the reason; a version that
+    was rolled back is never served by a rollback again.
+    """
     from driftline.promotion import rollback as roll_back
 
-    try:
-        result = roll_back(model, reason=reason, actor=_actor())
-    except DriftlineError as exc:
-        _fail(str(exc))
+    result = roll_back(model, reason=reason, actor=_actor())
     typer.echo(result.message)
+
+
+@app.command()
+def reconcile(
+    model: Annotated[
+        list[str] | None, typer.Option(help="a model; repeatable (default: every spec)")
+    ] = None,
+    lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="treat pending promotions older than this as abandoned (default: their "
+            "recorded lease); 0 once you know the promoter is dead",
+            min=0,
+        ),
+    ] = None,
+) -> None:
+    """Finish or undo promotions a killed promoter left, by what MLflow serves.
+
+    Exit 0 when every model's monitoring store agrees with MLflow's champion alias; exit 4
+    naming any promotion still in flight (within its lease).
+    """
+    from driftline.errors import Conflict
+    from driftline.promotion import reconcile as settle_all
+    from driftline.specs import load_specs
+
+    models = model or [spec.name for spec in load_specs(get_settings().models_dir)]
+    results = settle_all(models, actor=_actor(), stale_after=lease_seconds)
+    for result in results:
+        typer.echo(result.message)
+    busy = [r for r in results if r.outcome == "in_flight"]
+    if busy:
+        raise Conflict(f"{len(busy)} promotion(s) still in flight; see above")
 
 
 @app.command()
@@ -333,10 +344,7 @@ def up(
     """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion)."""
     from driftline.stack import up as start
 
-    try:
-        start(port=port, mlflow_port=mlflow_port, say=typer.echo)
-    except DriftlineError as exc:
-        _fail(str(exc))
+    start(port=port, mlflow_port=mlflow_port, say=typer.echo)
 
 
 @app.command()
@@ -360,10 +368,7 @@ def demo(
     if not stack.running() or not recorded:
         _fail(f"no running stack for {get_settings().home}; run `make up` first")
     stack.port, stack.mlflow_port = recorded["port"], recorded.get("mlflow_port")
-    try:
-        ok = Demo(stack, model=model, say=typer.echo).run()
-    except DriftlineError as exc:
-        _fail(str(exc))
+    ok = Demo(stack, model=model, say=typer.echo).run()
     raise typer.Exit(code=0 if ok else 1)
 
 
@@ -385,16 +390,12 @@ def simulate(
 
     from driftline.simulate import simulate as run
 
-    try:
-        result = run(
-            Path(scenario),
-            specs=[Path(s) for s in spec or []],
-            out_dir=Path(out) if out else None,
-            say=typer.echo,
-        )
-    except DriftlineError as exc:
-        typer.echo(f"driftline: error: {exc}", err=True)
-        raise typer.Exit(code=exc.exit_code) from None
+    result = run(
+        Path(scenario),
+        specs=[Path(s) for s in spec or []],
+        out_dir=Path(out) if out else None,
+        say=typer.echo,
+    )
     for run_result in result.get("runs") or [result]:
         typer.echo(json.dumps(run_result["summary"], indent=2))
     if result.get("comparison"):
@@ -420,18 +421,14 @@ def quarantine(
 
 @app.command()
 def check() -> None:
-    """Check that every service the settings name can be reached (exit 2 naming any that cannot)."""
+    """Check that every service the settings name can be reached (exit 3 naming any that cannot)."""
+    from driftline.preflight import check as check_services
     from driftline.preflight import probes
 
     results = probes()
     for probe in results:
         typer.echo(probe.describe())
-    failed = [p for p in results if not p.ok]
-    if failed:
-        _fail(
-            "cannot reach "
-            + "; ".join(f"{p.service} ({p.setting}={p.target}): {p.detail}" for p in failed)
-        )
+    check_services(results=results)
 
 
 @app.command()
@@ -451,8 +448,9 @@ def main() -> None:
     try:
         app()
     except DriftlineError as exc:
+        # the one place a kind becomes an exit code: 2 invalid, 3 unavailable, 4 conflict
         typer.echo(f"driftline: error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 SQLAlchemy 2 Core over SQLite (embedded) or PostgreSQL (production), schema versioned with
 Alembic (``driftline/migrations``, version table ``driftline_alembic_version`` so the store
 can share a database with other tools). Audit rows are append-only; the one mutable row per
-model, ``model_state``, changes only through a guarded compare-and-set update.
+model, ``model_state``, changes only through a guarded compare-and-set update, and a
+champion change that spans this store and MLflow's aliases is a ``promotion_intents`` row
+(pending -> done | undone) written in the same transaction as the claim and the outcome.
+
+A store that cannot be reached (connection refused, a restarted server, a locked SQLite
+file) raises ``Unavailable``, so Airflow retries and the CLI exits 3.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from driftline.errors import DriftlineError
+from driftline.errors import DriftlineError, Unavailable
 from driftline.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -115,6 +120,35 @@ drift_events = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# A champion change in flight: pending (claimed in model_state, MLflow's aliases not yet
+# known to have moved) -> done (aliases moved, audit written) or undone (claim given back).
+INTENT_STATUSES = ("pending", "done", "undone")
+
+promotion_intents = sa.Table(
+    "promotion_intents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("from_version", sa.String(32), nullable=True),
+    sa.Column("to_version", sa.String(32), nullable=True),
+    sa.Column("previous_before", sa.String(32), nullable=True),
+    sa.Column("previous_after", sa.String(32), nullable=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("resolved_by", sa.String(256), nullable=True),
+    sa.Column("resolution", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_promotion_intents_model_status", "model", "status"),
+)
+
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
 _lock = threading.Lock()
@@ -136,11 +170,16 @@ def migrate(url: str) -> None:
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     try:
         command.upgrade(config, "head")
-    except sa.exc.OperationalError as exc:
-        raise DriftlineError(
-            f"monitoring store unreachable at {_redact(url)} (DRIFTLINE_MONITORING_DB_URL): "
-            f"{exc.orig}"
-        ) from exc
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise _unavailable(url, exc) from exc
+
+
+def _unavailable(url: str, exc: BaseException) -> Unavailable:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return Unavailable(
+        f"monitoring store unreachable at {_redact(url)} (DRIFTLINE_MONITORING_DB_URL): "
+        f"{detail[0] if detail else type(exc).__name__}"
+    )
 
 
 def _redact(url: str) -> str:
@@ -159,9 +198,29 @@ def engine(url: str | None = None) -> Engine:
             if url.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30}
             _engines[url] = sa.create_engine(url, **kwargs)
+            sa.event.listen(_engines[url], "handle_error", _by_kind(url))
             if url.startswith("sqlite"):
                 sa.event.listen(_engines[url], "connect", _sqlite_pragmas)
         return _engines[url]
+
+
+def _by_kind(url: str) -> Any:
+    """An error handler that turns "cannot reach the store" into ``Unavailable``.
+
+    Connection refused, a server restarted under an open connection, a locked SQLite file:
+    retrying helps. Everything else (a constraint, a bad query) keeps its SQLAlchemy type.
+    """
+
+    def handle(context: sa.engine.ExceptionContext) -> None:
+        if context.is_pre_ping:  # the pool reconnects by itself after a failed ping
+            return
+        error = context.sqlalchemy_exception
+        if context.is_disconnect or isinstance(
+            error, (sa.exc.OperationalError, sa.exc.InterfaceError)
+        ):
+            raise _unavailable(url, error or context.original_exception)
+
+    return handle
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
@@ -202,7 +261,11 @@ def record_validation(
 def _append(table: sa.Table, url: str | None, **values: Any) -> int:
     """Insert one row of an append-only table; returns its id."""
     with engine(url).begin() as conn:
-        return int(conn.execute(table.insert().values(**values)).inserted_primary_key[0])
+        return _insert(conn, table, **values)
+
+
+def _insert(conn: sa.Connection, table: sa.Table, **values: Any) -> int:
+    return int(conn.execute(table.insert().values(**values)).inserted_primary_key[0])
 
 
 def _newest(table: sa.Table, model: str, limit: int, url: str | None) -> list[dict[str, Any]]:
@@ -240,47 +303,286 @@ def compare_and_set_champion(
     One guarded UPDATE (or the first INSERT): exactly one of two racing callers wins, on
     SQLite and on PostgreSQL alike.
     """
-    now = _now()
     with engine(url).begin() as conn:
-        exists = conn.execute(
-            sa.select(model_state.c.model).where(model_state.c.model == model)
-        ).one_or_none()
-        if exists is None:
-            if expected is not None:
-                return False
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        model_state.insert().values(
-                            model=model,
-                            champion_version=new,
-                            generation=1,
-                            updated_at=now,
-                            updated_by=actor,
-                        )
+        return _compare_and_set(conn, model, expected, new, actor)
+
+
+def _compare_and_set(
+    conn: sa.Connection, model: str, expected: str | None, new: str | None, actor: str
+) -> bool:
+    now = _now()
+    exists = conn.execute(
+        sa.select(model_state.c.model).where(model_state.c.model == model)
+    ).one_or_none()
+    if exists is None:
+        if expected is not None:
+            return False
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    model_state.insert().values(
+                        model=model,
+                        champion_version=new,
+                        generation=1,
+                        updated_at=now,
+                        updated_by=actor,
                     )
-            except sa.exc.IntegrityError:
-                return False  # another caller created the row first
-            return True
-        guard = (
-            model_state.c.champion_version.is_(None)
-            if expected is None
-            else model_state.c.champion_version == expected
+                )
+        except sa.exc.IntegrityError:
+            return False  # another caller created the row first
+        return True
+    guard = (
+        model_state.c.champion_version.is_(None)
+        if expected is None
+        else model_state.c.champion_version == expected
+    )
+    result = conn.execute(
+        model_state.update()
+        .where(model_state.c.model == model, guard)
+        .values(
+            champion_version=new,
+            generation=model_state.c.generation + 1,
+            updated_at=now,
+            updated_by=actor,
         )
-        result = conn.execute(
-            model_state.update()
-            .where(model_state.c.model == model, guard)
-            .values(
-                champion_version=new,
-                generation=model_state.c.generation + 1,
-                updated_at=now,
-                updated_by=actor,
+    )
+    return result.rowcount == 1
+
+
+# --- promotion intents ----------------------------------------------------------------------
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; they were written in UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _intent_row(row: Any) -> dict[str, Any]:
+    intent = dict(row)
+    for key in ("created_at", "lease_until", "resolved_at"):
+        intent[key] = _aware(intent[key])
+    return intent
+
+
+def begin_promotion(
+    *,
+    model: str,
+    expected: str | None,
+    new: str | None,
+    action: str,
+    actor: str,
+    previous_before: str | None,
+    previous_after: str | None,
+    lease_seconds: float,
+    reason: str = "",
+    reasons: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    url: str | None = None,
+) -> int | None:
+    """Claim the champion (``expected`` -> ``new``) and record the intent, in one transaction.
+
+    Returns the intent's id, or None when the claim is refused: the champion is no longer
+    ``expected`` or another change of this model is still pending.
+    """
+    from datetime import timedelta
+
+    now = _now()
+    try:
+        with engine(url).begin() as conn:
+            if not _compare_and_set(conn, model, expected, new, actor):
+                raise _Refused
+            # after the guarded update: a racing claim has committed or waits on our row lock
+            if _pending(conn, model):
+                raise _Refused
+            return _insert(
+                conn,
+                promotion_intents,
+                created_at=now,
+                model=model,
+                action=action,
+                from_version=expected,
+                to_version=new,
+                previous_before=previous_before,
+                previous_after=previous_after,
+                actor=actor,
+                reason=reason,
+                reasons=reasons or [],
+                metrics=metrics or {},
+                dag_id=dag_id,
+                run_id=run_id,
+                status="pending",
+                lease_until=now + timedelta(seconds=lease_seconds),
             )
-        )
-        return result.rowcount == 1
+    except _Refused:
+        return None
 
 
-def append_audit(
+def _pending(conn: sa.Connection, model: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.select(promotion_intents)
+        .where(promotion_intents.c.model == model, promotion_intents.c.status == "pending")
+        .order_by(promotion_intents.c.id)
+    ).mappings()
+    return [_intent_row(row) for row in rows]
+
+
+def pending_intents(model: str, *, url: str | None = None) -> list[dict[str, Any]]:
+    """The model's champion changes not yet done or undone, oldest first."""
+    with engine(url).connect() as conn:
+        return _pending(conn, model)
+
+
+def resolve_intent(
+    intent_id: int,
+    *,
+    status: str,
+    resolved_by: str,
+    resolution: str,
+    store_from: str | None = None,
+    store_to: str | None = None,
+    move_store: bool = False,
+    audit: dict[str, Any] | None = None,
+    url: str | None = None,
+) -> bool:
+    """End a pending intent as ``done`` or ``undone``, in one transaction with its audit row.
+
+    With ``move_store`` the champion is also compare-and-set from ``store_from`` to
+    ``store_to`` (an undo gives the claim back). False, and nothing written, when someone
+    else resolved the intent first or the store's champion is not ``store_from``.
+    """
+    if status not in ("done", "undone"):
+        raise DriftlineError(f"an intent ends done or undone, not {status!r}")
+    try:
+        with engine(url).begin() as conn:
+            return _resolve(
+                conn,
+                intent_id,
+                status,
+                resolved_by,
+                resolution,
+                store_from,
+                store_to,
+                move_store,
+                audit,
+            )
+    except _Refused:
+        return False
+
+
+class _Refused(Exception):
+    """Inside a transaction: a guard did not hold; roll the whole transaction back."""
+
+
+def _resolve(
+    conn: sa.Connection,
+    intent_id: int,
+    status: str,
+    resolved_by: str,
+    resolution: str,
+    store_from: str | None,
+    store_to: str | None,
+    move_store: bool,
+    audit: dict[str, Any] | None,
+) -> bool:
+    ended = conn.execute(
+        promotion_intents.update()
+        .where(promotion_intents.c.id == intent_id, promotion_intents.c.status == "pending")
+        .values(status=status, resolved_at=_now(), resolved_by=resolved_by, resolution=resolution)
+    )
+    if ended.rowcount != 1:
+        raise _Refused
+    if move_store and not _compare_and_set(
+        conn, _intent_model(conn, intent_id), store_from, store_to, resolved_by
+    ):
+        raise _Refused
+    if audit is not None:
+        _insert(conn, promotion_audit, created_at=_now(), **_audit_values(**audit))
+    return True
+
+
+def _intent_model(conn: sa.Connection, intent_id: int) -> str:
+    return conn.execute(
+        sa.select(promotion_intents.c.model).where(promotion_intents.c.id == intent_id)
+    ).scalar_one()
+
+
+def adopt_champion(
+    *,
+    model: str,
+    expected: str | None,
+    new: str | None,
+    actor: str,
+    resolution: str,
+    audit: dict[str, Any],
+    url: str | None = None,
+) -> bool:
+    """Make the store name ``new`` (what MLflow serves) as a done intent with its audit row.
+
+    For a store that disagrees with MLflow and has nothing pending: a fresh store, a store
+    from before intents existed, an alias moved by hand. False when the state moved.
+    """
+    now = _now()
+    try:
+        with engine(url).begin() as conn:
+            if _pending(conn, model) or not _compare_and_set(conn, model, expected, new, actor):
+                raise _Refused
+            _adopted(conn, model, expected, new, actor, resolution, audit, now)
+    except _Refused:
+        return False
+    return True
+
+
+def _adopted(
+    conn: sa.Connection,
+    model: str,
+    expected: str | None,
+    new: str | None,
+    actor: str,
+    resolution: str,
+    audit: dict[str, Any],
+    now: datetime,
+) -> None:
+    _insert(
+        conn,
+        promotion_intents,
+        created_at=now,
+        model=model,
+        action="adopted",
+        from_version=expected,
+        to_version=new,
+        actor=actor,
+        reasons=[resolution],
+        metrics={},
+        status="done",
+        lease_until=now,
+        resolved_at=now,
+        resolved_by=actor,
+        resolution=resolution,
+    )
+    _insert(conn, promotion_audit, created_at=now, **_audit_values(**audit))
+
+
+def champion_history(model: str, *, url: str | None = None) -> list[dict[str, Any]]:
+    """The model's completed champion changes, oldest first (what rollback walks back)."""
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(promotion_intents)
+            .where(promotion_intents.c.model == model, promotion_intents.c.status == "done")
+            .order_by(promotion_intents.c.id)
+        ).mappings()
+        return [_intent_row(row) for row in rows]
+
+
+def intent_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [_intent_row(row) for row in _newest(promotion_intents, model, limit, url)]
+
+
+def _audit_values(
     *,
     model: str,
     action: str,
@@ -293,24 +595,25 @@ def append_audit(
     reason: str = "",
     dag_id: str | None = None,
     run_id: str | None = None,
-    url: str | None = None,
-) -> int:
-    return _append(
-        promotion_audit,
-        url,
-        created_at=_now(),
-        model=model,
-        action=action,
-        challenger_version=challenger_version,
-        champion_before=champion_before,
-        champion_after=champion_after,
-        reasons=reasons or [],
-        metrics=metrics or {},
-        actor=actor,
-        reason=reason,
-        dag_id=dag_id,
-        run_id=run_id,
-    )
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "action": action,
+        "challenger_version": challenger_version,
+        "champion_before": champion_before,
+        "champion_after": champion_after,
+        "reasons": reasons or [],
+        "metrics": metrics or {},
+        "actor": actor,
+        "reason": reason,
+        "dag_id": dag_id,
+        "run_id": run_id,
+    }
+
+
+def append_audit(*, url: str | None = None, **fields: Any) -> int:
+    """One promotion_audit row; the fields are those of ``promotion_audit``."""
+    return _append(promotion_audit, url, created_at=_now(), **_audit_values(**fields))
 
 
 def audit_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:

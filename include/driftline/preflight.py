@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from driftline.errors import DriftlineError
+from driftline.errors import Unavailable
 from driftline.settings import Settings, get_settings
 
 
@@ -116,12 +116,13 @@ def probes(settings: Settings | None = None) -> list[Probe]:
     return found
 
 
-def check(settings: Settings | None = None) -> list[Probe]:
-    """All probes; raises DriftlineError naming every service that cannot be reached."""
-    results = probes(settings)
+def check(settings: Settings | None = None, results: list[Probe] | None = None) -> list[Probe]:
+    """All probes (or ``results`` already taken); raises ``Unavailable`` naming every service
+    that cannot be reached."""
+    results = probes(settings) if results is None else results
     failed = [probe for probe in results if not probe.ok]
     if failed:
-        raise DriftlineError(
+        raise Unavailable(
             "cannot reach "
             + "; ".join(f"{p.service} ({p.setting}={p.target}): {p.detail}" for p in failed)
         )

@@ -3,16 +3,22 @@
 Aliases, not stages (deprecated): ``champion`` serves, ``challenger`` is the newest trained
 candidate, ``previous_champion`` is where a rollback goes. Models are logged in XGBoost's
 native format (no pickles) and loaded back as boosters.
+
+A registry that cannot be reached (connection refused, a timeout, a 5xx answer, a locked
+SQLite store) raises ``Unavailable``, so Airflow retries and the CLI exits 3; a version
+that does not exist is ``InvalidInput``.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from driftline.errors import DriftlineError
+from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.settings import REPO_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -49,6 +55,60 @@ def configure(settings: Settings | None = None) -> str:
     return settings.mlflow_tracking_uri
 
 
+# MLflow error codes of an answer that may well be different on a retry
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Does ``exc`` say the registry could not be reached (rather than refused the request)?"""
+    import requests
+    import sqlalchemy as sa
+
+    seen: BaseException | None = exc
+    for _ in range(10):  # the exception chain, never a cycle
+        if seen is None:
+            break
+        if isinstance(
+            seen,
+            (
+                requests.exceptions.RequestException,
+                sa.exc.OperationalError,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
+            return True
+        message = str(seen)
+        if message.startswith("API request to") and (
+            "failed with exception" in message
+            or "failed with timeout" in message
+            or "failed with error code 5" in message
+        ):
+            return True
+        code = getattr(seen, "error_code", None)
+        if code in _TRANSIENT_CODES and "API request to" in message:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def reaching(settings: Settings | None = None) -> Iterator[None]:
+    """Turn "MLflow could not be reached" into ``Unavailable`` naming the tracking URI."""
+    try:
+        yield
+    except DriftlineError:
+        raise
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        uri = (settings or get_settings()).mlflow_tracking_uri
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise Unavailable(
+            f"MLflow registry unreachable at {uri} (MLFLOW_TRACKING_URI): {detail}"
+        ) from exc
+
+
 def client(settings: Settings | None = None) -> MlflowClient:
     from mlflow import MlflowClient
 
@@ -64,6 +124,11 @@ def experiment_id(name: str, settings: Settings | None = None) -> str:
     server chooses its own.
     """
     settings = settings or get_settings()
+    with reaching(settings):
+        return _experiment_id(name, settings)
+
+
+def _experiment_id(name: str, settings: Settings) -> str:
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
@@ -94,11 +159,30 @@ def alias_version(model: str, alias: str, settings: Settings | None = None) -> s
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client(settings).get_model_version_by_alias(model, alias).version)
+        with reaching(settings):
+            return str(client(settings).get_model_version_by_alias(model, alias).version)
     except MlflowException as exc:
         if _not_found(exc):
             return None
         raise
+
+
+def set_alias(
+    model: str, alias: str, version: str | None, settings: Settings | None = None
+) -> None:
+    """Point ``alias`` at ``version``; None deletes the alias (absent already is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    with reaching(settings):
+        mlflow_client = client(settings)
+        if version is not None:
+            mlflow_client.set_registered_model_alias(model, alias, version)
+            return
+        try:
+            mlflow_client.delete_registered_model_alias(model, alias)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
 
 
 @dataclass(frozen=True)
@@ -113,10 +197,11 @@ def version_info(model: str, version: str, settings: Settings | None = None) -> 
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = client(settings).get_model_version(model, version)
+        with reaching(settings):
+            mv = client(settings).get_model_version(model, version)
     except MlflowException as exc:
         if _not_found(exc) or getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            raise DriftlineError(f"model {model!r} has no version {version}") from None
+            raise InvalidInput(f"model {model!r} has no version {version}") from None
         raise
     return VersionInfo(str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
 
@@ -128,11 +213,12 @@ def find_version_by_tag(
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = client(settings).search_model_versions(
-            f"name='{model}' and tags.{key}='{value}'",
-            order_by=["version_number DESC"],
-            max_results=1,
-        )
+        with reaching(settings):
+            versions = client(settings).search_model_versions(
+                f"name='{model}' and tags.{key}='{value}'",
+                order_by=["version_number DESC"],
+                max_results=1,
+            )
     except MlflowException as exc:
         if _not_found(exc):
             return None
@@ -143,9 +229,10 @@ def find_version_by_tag(
 def set_tags(
     model: str, version: str, tags: dict[str, Any], settings: Settings | None = None
 ) -> None:
-    mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(model, version, key, str(value))
+    with reaching(settings):
+        mlflow_client = client(settings)
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(model, version, key, str(value))
 
 
 def load_booster(model: str, version: str, settings: Settings | None = None) -> Any:
@@ -153,7 +240,8 @@ def load_booster(model: str, version: str, settings: Settings | None = None) -> 
     configure(settings)
     import mlflow.xgboost
 
-    return mlflow.xgboost.load_model(f"models:/{model}/{version}")
+    with reaching(settings):
+        return mlflow.xgboost.load_model(f"models:/{model}/{version}")
 
 
 def git_commit() -> str:

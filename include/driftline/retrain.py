@@ -35,12 +35,28 @@ def build(
     from driftline.training_set import build_training_set
 
     settings = settings or get_settings()
+    _settle_promotions(model, context, settings)
     spec = load_spec(model, settings.models_dir)
     directory = run_dir(settings.runs_dir, model, context)
     fingerprint = build_training_set(
         spec, as_of=as_of, run_dir=directory, window_days=window_days, settings=settings
     )
     return {"run_dir": str(directory), "fingerprint": fingerprint.as_dict()}
+
+
+def _settle_promotions(model: str, context: RunContext, settings: Settings) -> None:
+    """Every retrain starts by finishing or undoing what a killed promotion left behind.
+
+    Best effort: an unreachable MLflow is the promote step's problem (it settles again and
+    retries), not a reason to stop building the training set.
+    """
+    from driftline.errors import Unavailable
+    from driftline.promotion import settle
+
+    try:
+        settle(model, actor=f"retrain {context.key}", settings=settings)
+    except Unavailable as exc:
+        log.warning("could not settle %s's promotions before training: %s", model, exc)
 
 
 def validate(

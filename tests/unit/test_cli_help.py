@@ -23,6 +23,7 @@ def test_the_cli_has_the_documented_commands() -> None:
         "status",
         "promote",
         "rollback",
+        "reconcile",
         "up",
         "down",
         "demo",
