@@ -34,7 +34,9 @@ def test_decision_evidence_is_rendered() -> None:
                 ],
             }
         ],
+        "drift_events_by_status": {},
         "open_drift_events": [],
+        "recent_drift_events": [],
         "last_drift_report": None,
     }
     text = render([entry])
