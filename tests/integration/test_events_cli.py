@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from driftline import monitoring
 from driftline.cli import app
+from driftline.errors import DriftlineError
 from driftline.events import EventPolicy, intake, raise_event
 from driftline.status import events_by_status
 
@@ -21,7 +22,10 @@ POLICY = EventPolicy(poll_seconds=1, lease_seconds=60, cooldown_hours=1)
 
 
 def _cli(*args: str) -> tuple[int, str]:
+    """The command as `driftline` runs it: main() turns an error's kind into its exit code."""
     result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, DriftlineError):
+        return result.exception.exit_code, f"{result.output}driftline: error: {result.exception}"
     return result.exit_code, result.output
 
 
