@@ -147,7 +147,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
                 port=free_port(),
                 mlflow_port=mlflow_port,
                 world=WORLD,
-                days=42,
+                # the first retrain is as of the day after the newest data (one clock), so
+                # its 28-day window starts on day 9: past the world's warm-up week
+                days=44,
                 mlflow_server=(pg_url(databases["mlflow"], "psycopg2"), str(home / "mlartifacts")),
             )
             yield Production(stack, run_id, databases, project)
