@@ -13,6 +13,7 @@ beats the never-retrained first champion by at least MARGIN on average.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def test_concept_drift_is_detected_and_a_promoted_challenger_heals_the_loop(
             }
         )
     )
-    out = tmp_path / "out"
+    # SIMULATE_E2E_KEEP=<dir> keeps the result and the report (for the README)
+    out = Path(os.environ.get("SIMULATE_E2E_KEEP") or tmp_path / "out")
     result = simulate(timeline, specs=[spec], out_dir=out)
 
     days, summary = result["days"], result["summary"]
