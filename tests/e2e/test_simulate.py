@@ -24,8 +24,9 @@ from driftline.settings import REPO_ROOT
 from driftline.simulate import simulate
 
 MODEL = "fraud_detection"
-# measured on the first runs: see the README section "driftline simulate"
-MARGIN = 0.03
+# the never-retrained champion scores ~0.015 on drifted days (measured); the first promoted
+# challenger (one drifted day in its train split) scored 0.052 on its holdout offline
+MARGIN = 0.02
 BASELINE_DAYS = 1
 DRIFT_DAYS = 21
 
