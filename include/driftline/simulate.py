@@ -651,6 +651,7 @@ def simulate_with_spec(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The timeline in a fresh embedded stack of its own whose only model spec is ``spec_path``."""
+    from driftline.datagen import generate
     from driftline.stack import free_port, up
 
     home = work_dir / "state"
@@ -667,6 +668,16 @@ def simulate_with_spec(
         stack = None
         try:
             say(f"starting a stack for {spec_path} in {home}")
+            # the world ends yesterday (`make up` leaves ten days of room for the demo), so
+            # even a spec with a short holdout finds labeled days for its first champion
+            generate(
+                offline_dir=get_settings().offline_dir,
+                days=world.history_days,
+                today=datetime.now(UTC).date(),
+                seed=world.seed,
+                n_cards=world.n_cards,
+                n_merchants=world.n_merchants,
+            )
             stack = up(
                 port=free_port(),
                 mlflow_port=None,
