@@ -293,3 +293,37 @@ def test_requeue_puts_a_rejected_event_back_and_audits_it(store: str) -> None:
         requeue(good, actor="user:ops")
     with pytest.raises(InvalidInput, match="drift event 4242 does not exist"):
         requeue(4242, actor="user:ops")
+
+
+def test_the_drift_monitors_own_extra_passes_validation(
+    two_models: Path, offline_copy: Path
+) -> None:
+    from driftline.drift import DriftResult
+
+    at = datetime(2026, 1, 21, 3, tzinfo=UTC)
+    result = DriftResult(
+        model=MODEL,
+        champion_version="3",
+        window_start=datetime(2026, 1, 20, tzinfo=UTC).isoformat(),
+        window_end=datetime(2026, 1, 21, tzinfo=UTC).isoformat(),
+        current_rows=5000,
+        reference_rows=20000,
+        columns={"amount": {"drifted": True, "score": 0.3, "threshold": 0.1}},
+        share_drifted=0.4,
+        prediction={"drifted": True},
+        performance={"decayed": False},
+        verdict="drift",
+        reasons=["amount drifted"],
+        report_uri="runs:/abc/drift/drift_report.html",
+        report_id=None,
+    )
+    result.event_id = monitoring.create_drift_event(
+        model=MODEL, source="monitor:test", payload=result.event_extra(), status="emitted"
+    )
+    event = {
+        "extra": result.event_extra(),
+        "timestamp": at.isoformat(),
+        "source": f"{MODEL}_drift_monitor",
+    }
+    admission = admit_drift_run(MODEL, [event], context=_run("monitor"), at=at, cooldown_hours=0)
+    assert admission.admitted and admission.event_ids == [result.event_id], admission.message
