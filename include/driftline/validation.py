@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from driftline.errors import DriftlineError
+from driftline.files import write_atomic
 from driftline.specs import ModelSpec
 from driftline.training_set import Window
 
@@ -78,8 +79,8 @@ class ValidationReport:
     def write(self, run_dir: Path) -> tuple[Path, Path]:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path, html_path = run_dir / REPORT_JSON, run_dir / REPORT_HTML
-        json_path.write_text(json.dumps(self.as_dict(), indent=2, default=_jsonable))
-        html_path.write_text(render_html(self))
+        write_atomic(json_path, json.dumps(self.as_dict(), indent=2, default=_jsonable))
+        write_atomic(html_path, render_html(self))
         return json_path, html_path
 
 
