@@ -225,12 +225,13 @@ def status(
 
     try:
         statuses = collect(model)
+        components = None if as_json else component_health()
     except DriftlineError as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(statuses, indent=2, default=str))
         return
-    typer.echo(render_components(component_health()))
+    typer.echo(render_components(components or []))
     typer.echo(render(statuses))
 
 
