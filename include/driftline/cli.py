@@ -268,10 +268,11 @@ def status(
     from driftline.status import status as collect
 
     statuses = collect(model)
+    components = None if as_json else component_health()
     if as_json:
         typer.echo(json.dumps(statuses, indent=2, default=str))
         return
-    typer.echo(render_components(component_health()))
+    typer.echo(render_components(components or []))
     typer.echo(render(statuses))
 
 

@@ -23,7 +23,6 @@ with a clear message and raises no event.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -35,6 +34,7 @@ import pandas as pd
 
 from driftline import monitoring, offline, registry
 from driftline.errors import DriftlineError
+from driftline.files import write_json
 from driftline.lineage import RunContext, run_dir
 from driftline.settings import Settings, get_settings
 from driftline.specs import ModelSpec
@@ -407,7 +407,7 @@ def monitor(
             report_id=result.report_id,
             url=settings.monitoring_db_url,
         )
-    (directory / SUMMARY_FILE).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    write_json(directory / SUMMARY_FILE, result.as_dict())
     log.info(
         "%s drift monitor: %s%s", model, verdict, f" — {'; '.join(reasons)}" if reasons else ""
     )

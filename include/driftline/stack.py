@@ -2,11 +2,11 @@
 
 ``driftline up`` / ``make up`` start them, ``driftline down`` / ``make down`` stop exactly
 what was started — by the process-group ids recorded in ``$DRIFTLINE_HOME/run/stack.json``,
-never by process name. Each record carries the leader's command line and start time (from
-``/proc``); a group is signalled only while its leader is still that process, so a stale
-record after a crash or a reboot never reaches an unrelated program. ``up`` on a stack with a
-dead component restarts only what is dead. Tests use the same class with a temporary state
-directory.
+never by process name. Each record carries the leader's start time and command line (from
+``/proc``); a group is signalled only while its leader is still that process (same start
+time), so a stale record after a crash or a reboot never reaches an unrelated program. ``up``
+on a stack with a dead component restarts only what is dead. Tests use the same class with a
+temporary state directory.
 
 Access: no anonymous access. Airflow's simple auth manager gets two accounts, ``admin``
 (role admin) and ``operator`` (role user: may trigger and clear runs, may not administer —
@@ -205,7 +205,9 @@ class Stack:
         if expected is None:  # recorded by an older driftline: trust the command line only
             ours = "airflow" in leader["cmdline"] or "mlflow" in leader["cmdline"]
         else:
-            ours = leader == expected
+            # pid + start time name one process for the life of the machine; the command
+            # line is kept for messages only (the api-server renames itself with setproctitle)
+            ours = leader["start_time"] == expected.get("start_time")
         if not ours:
             return "stale"
         return "running" if _group_alive(pgid) else "dead"

@@ -9,6 +9,7 @@ written to the run's directory with a fingerprint: what was read, from where, an
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import pandas as pd
 
 from driftline import offline
 from driftline.errors import DriftlineError
-from driftline.files import write_json
+from driftline.files import write_atomic, write_json
 from driftline.settings import Settings, get_settings
 from driftline.specs import ModelSpec
 
@@ -81,6 +82,13 @@ class Fingerprint:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """A training-set file whole or not at all: a torn one would be hashed and trained on."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_atomic(path, buffer.getvalue())
 
 
 def _file_hash(path: Path) -> str:
@@ -188,8 +196,8 @@ def build_training_set(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     training_path, recent_path = run_dir / TRAINING_FILE, run_dir / RECENT_FILE
-    training.to_parquet(training_path, index=False)
-    recent.to_parquet(recent_path, index=False)
+    _write_parquet(training, training_path)
+    _write_parquet(recent, recent_path)
     fingerprint = Fingerprint(
         model=spec.name,
         feature_service=spec.feature_service,

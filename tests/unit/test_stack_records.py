@@ -45,7 +45,7 @@ def test_a_stale_record_is_never_signalled(
     real = process_identity(sleeper.pid)
     assert real is not None and "time.sleep(300)" in real["cmdline"]
     # the recorded scheduler was an earlier process that had this id (the id was reused)
-    recorded = {"start_time": real["start_time"] - 1, "cmdline": "airflow scheduler"}
+    recorded = {"start_time": real["start_time"] - 1, "cmdline": real["cmdline"]}
     _record(stack, {"scheduler": sleeper.pid}, {"scheduler": recorded})
 
     assert stack.component_state("scheduler") == "stale"
