@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from driftline import monitoring, registry
 from tests.e2e.conftest import MODEL, RunningStack, wait_for
@@ -89,9 +90,15 @@ def test_scheduler_sigkilled_while_train_runs_the_run_completes_with_one_version
     )
 
 
-def _alive(pgid: int) -> bool:
+def _alive(pid: int) -> bool:
+    """Is the process still running? The stack's processes are this test's children: a
+    killed one stays a zombie (and its group signalable) until it is reaped here."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: ask the kernel for its state
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+    return reaped == 0
