@@ -393,7 +393,29 @@ def _promote(
 ) -> PromotionResult:
     url = settings.monitoring_db_url
     registry.version_info(model, version, settings)  # fails clearly for an unknown version
-    _in_flight(settle(model, actor=actor, run_key=context.key, settings=settings))
+    busy = [
+        r.message
+        for r in settle(model, actor=actor, run_key=context.key, settings=settings)
+        if r.outcome == "in_flight"
+    ]
+    if busy:
+        message = (
+            f"promotion of {model} version {version} aborted: another change of the champion "
+            f"holds the claim ({'; '.join(busy)}; compare-and-set refused); retry after it ends"
+        )
+        _audit_aborted(
+            model,
+            version,
+            expected_champion,
+            None,
+            context,
+            actor,
+            message,
+            reasons,
+            metrics,
+            settings,
+        )
+        raise PromotionInFlight(message)
 
     current = registry.alias_version(model, registry.CHAMPION, settings)
     if current == version and _already_done(model, action, version, context, url):
@@ -502,39 +524,52 @@ def _abort(
 ) -> NoReturn:
     url = settings.monitoring_db_url
     pending = monitoring.pending_intents(model, url=url)
-    if pending and current == expected:  # a claim raced ours and is in flight
-        intent = pending[0]
-        raise PromotionInFlight(
-            f"{model}: {intent['action']} {_v(intent['from_version'])} -> "
-            f"{_v(intent['to_version'])} by {intent['actor']} claimed the champion first and is "
-            "in flight; retry after it ends"
+    if pending and current == expected:  # a racing claim won between our read and our claim
+        now_champion = pending[0]["to_version"]
+    else:
+        now_champion = (
+            current if current != expected else monitoring.read_state(model, url).champion_version
         )
-    now_champion = (
-        current if current != expected else monitoring.read_state(model, url).champion_version
-    )
     message = (
         f"promotion of {model} version {version} aborted: the champion moved from "
         f"{_v(expected)} to {_v(now_champion)} since evaluation "
         "(compare-and-set refused); re-run the evaluation against the new champion"
     )
+    _audit_aborted(
+        model, version, expected, current, context, actor, message, reasons, metrics, settings
+    )
+    raise ChampionMoved(message)
+
+
+def _audit_aborted(
+    model: str,
+    version: str,
+    expected: str | None,
+    served: str | None,
+    context: RunContext,
+    actor: str,
+    message: str,
+    reasons: list[str],
+    metrics: dict[str, Any] | None,
+    settings: Settings,
+) -> None:
     monitoring.append_audit(
         model=model,
         action="aborted",
         actor=actor,
         challenger_version=version,
         champion_before=expected,
-        champion_after=current,
+        champion_after=served,
         reasons=[message, *reasons],
         metrics=metrics,
         reason=context.reason,
         dag_id=context.dag_id,
         run_id=context.run_id,
-        url=url,
+        url=settings.monitoring_db_url,
     )
     registry.set_tags(
         model, version, {"decision": "aborted", "decision_reasons": message}, settings
     )
-    raise ChampionMoved(message)
 
 
 def _fault_pause() -> None:
@@ -624,7 +659,6 @@ def manual_promote(
             f"refusing to promote {model} version {version}: it has no passed data validation "
             f"on record (tag validation={info.tags.get('validation', 'missing')!r})"
         )
-    _in_flight(settle(model, actor=actor, settings=settings))
     current = registry.alias_version(model, registry.CHAMPION, settings)
     if current == version:
         raise InvalidInput(f"{model} version {version} is already the champion")

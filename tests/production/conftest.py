@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -108,6 +109,14 @@ class Production:
 @pytest.fixture(scope="package")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
     require_services()
+    with production_stack(tmp_path_factory) as running:
+        yield running
+
+
+@contextmanager
+def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """The production-profile stack on the PostgreSQL at ``PG`` (the fault drills point it at
+    a private cluster) and the Redis at ``REDIS``; removed afterwards, even on failure."""
     run_id = uuid.uuid4().hex[:10]
     databases = {component: f"driftline_test_{run_id}_{component}" for component in COMPONENT_DBS}
     project = f"driftline_{run_id}"
