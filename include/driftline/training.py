@@ -3,7 +3,9 @@
 Splits are by time, never random: the newest ``holdout_days`` of the training window are the
 holdout, the ``validation_days`` before them drive early stopping, the rest trains. The
 seed is fixed. The registered version carries the training-set fingerprint, the feature
-service, the git commit and the Airflow run that made it; alias ``challenger`` points at it.
+service, the git commit and the Airflow run that made it, its as-of time and
+``trained_until`` (the holdout start: no row before it may judge this model against
+another); alias ``challenger`` points at it.
 A reference sample of the training features (with the model's scores) is stored with the
 run for the drift monitor.
 """
