@@ -83,6 +83,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# the scheduler's and the triggerer's log servers, the scheduler's health check
+SIDE_PORTS = {
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": 8793,
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": 8794,
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": 8974,
+}
+
+
 @dataclass
 class Stack:
     """Airflow (and optionally the MLflow UI) for one state directory."""
@@ -94,6 +102,20 @@ class Stack:
     # production profile: the MLflow process is the tracking server itself (backend store
     # URL, artifact destination); clients reach it through MLFLOW_TRACKING_URI over HTTP
     mlflow_server: tuple[str, str] | None = None
+    # ports Airflow's processes open beside the API (log servers, scheduler health check);
+    # chosen once per stack, see side_ports()
+    _side_ports: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def side_ports(self) -> dict[str, int]:
+        """Airflow's defaults (8793, 8794, 8974) for the stack on the default port; free ports
+        for any other, so two stacks (tests, `driftline simulate --spec`) can run side by side."""
+        if not self._side_ports:
+            for variable, default in SIDE_PORTS.items():
+                chosen = os.environ.get(variable)
+                self._side_ports[variable] = (
+                    int(chosen) if chosen else (default if self.port == 8080 else free_port())
+                )
+        return self._side_ports
 
     @property
     def run_dir(self) -> Path:
@@ -148,6 +170,7 @@ class Stack:
                 # new DAG files appear within 30 s instead of the default 5 minutes
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+                **{variable: str(port) for variable, port in self.side_ports().items()},
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             }
