@@ -142,6 +142,7 @@ def main() -> None:
     (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(raw))
     os.environ["DRIFTLINE_MODELS_DIR"] = str(models)
 
+    from driftline.specs import load_spec
     from driftline.stack import free_port, up
 
     stack = up(port=free_port(), mlflow_port=free_port(), world=WORLD, days=42)
@@ -150,7 +151,7 @@ def main() -> None:
         results: dict[str, Any] = {
             "events": args.events,
             "spacing_s": args.spacing,
-            "poll_s": raw["drift"]["event_poll_seconds"],
+            "poll_s": load_spec(MODEL).drift.event_poll_seconds,
         }
         for kind, measure in (("row", bench.row_event), ("rest", bench.rest_event)):
             latencies = []
