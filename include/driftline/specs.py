@@ -378,8 +378,8 @@ def check_specs(models_dir: Path | None = None) -> None:
     if problems:
         count = f"{len(problems)} model spec{'s' if len(problems) > 1 else ''}"
         raise InvalidInput(
-            f"{count} broken, their DAGs are left out (every other model runs):\n- "
-            + "\n- ".join(problems)
+            f"{count} broken, {'its' if len(problems) == 1 else 'their'} DAGs are left out "
+            "(every other model runs):\n- " + "\n- ".join(problems)
         )
 
 
