@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
 DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
 
-.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast bench bench-events generate apply materialize clean-state
+.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast test-simulation bench bench-events generate apply materialize clean-state
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,9 @@ test: setup lint ## lint, then the whole test suite (sets up everything it needs
 
 test-fast: setup ## unit and DAG-integrity tests only
 	$(BIN)/pytest tests/unit tests/dags
+
+test-simulation: setup ## the concept-drift simulation through a live stack (~17 min; not in make test)
+	$(BIN)/pytest -m simulation tests/e2e/test_simulate.py
 
 bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
 	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}

@@ -87,14 +87,12 @@ from driftline_airflow.links import (
 )
 from driftline_airflow.notifiers import DriftlineNotifier
 
-from driftline.specs import MAX_WINDOW_DAYS, ModelSpec, loadable_specs, model_names
+from driftline.specs import MAX_WINDOW_DAYS, ModelSpec, loadable_specs
 
 DOC = __doc__
 
 
-def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) -> Any:
-    # known_models is no longer needed (the watcher reads the model specs while it runs);
-    # the parameter stays so the spec loop at the bottom keeps its call
+def build_retrain_dag(spec: ModelSpec) -> Any:
     model = spec.name
     minimum_window = spec.training.validation_days + spec.training.holdout_days + 1
 
@@ -277,6 +275,5 @@ def build_retrain_dag(spec: ModelSpec, known_models: list[str] | None = None) ->
 
 # A broken spec costs only its own model: it is left out here and reported as the import
 # error of dags/model_specs.py. Its drift events stay new until it is fixed.
-_models = model_names()
 for _spec in loadable_specs():
-    build_retrain_dag(_spec, _models)
+    build_retrain_dag(_spec)

@@ -34,6 +34,7 @@ DRIFT_DAYS = 21
 
 
 @pytest.mark.airflow
+@pytest.mark.simulation
 @pytest.mark.timeout(3000)
 def test_concept_drift_is_detected_and_a_promoted_challenger_heals_the_loop(
     driftline_home: Path, tmp_path: Path
