@@ -34,9 +34,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 from driftline_airflow.assets import drift_asset
 from driftline_airflow.dag_args import default_args, optional_date
+from driftline_airflow.failures import by_kind
 from driftline_airflow.links import ReportLink, with_links
 from driftline_airflow.notifiers import DriftlineNotifier
 
@@ -69,7 +70,6 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
             from driftline_airflow.context import run_context
 
             from driftline.drift import NoChampion, monitor
-            from driftline.errors import DriftlineError
 
             context = get_current_context()
             as_of = context["params"].get("as_of")
@@ -78,14 +78,11 @@ def build_drift_monitor_dag(spec: ModelSpec) -> Any:
                 if as_of
                 else data_interval_end or datetime.now(UTC)
             )
-            try:
-                result = monitor(spec, as_of=moment, context=run_context(context))
-            except NoChampion as nothing:
-                raise AirflowSkipException(str(nothing)) from None
-            except DriftlineError as failed:
-                if failed.retryable:  # a service was down: let Airflow retry
-                    raise
-                raise AirflowFailException(str(failed)) from None
+            with by_kind():  # bad data is not drift: fail; a store down: retry
+                try:
+                    result = monitor(spec, as_of=moment, context=run_context(context))
+                except NoChampion as nothing:
+                    raise AirflowSkipException(str(nothing)) from None
             return result.event_extra()
 
         @task.short_circuit

@@ -76,9 +76,9 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowFailException
 from driftline_airflow.assets import drift_asset
 from driftline_airflow.dag_args import default_args, optional_date
+from driftline_airflow.failures import by_kind
 from driftline_airflow.links import (
     MlflowRunLink,
     ModelVersionLink,
@@ -169,77 +169,75 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
 
             context = get_current_context()
             params = context["params"]
-            # one clock for every trigger (cron, operator, REST, drift asset): see the doc
-            as_of = retrain_as_of(
-                model,
-                end_date=params.get("end_date"),
-                reference=data_interval_end or context["dag_run"].run_after,
-            )
-            return stages.build(
-                model, as_of=as_of, window_days=params["window_days"], context=run_context(context)
-            )
+            with by_kind():
+                # one clock for every trigger (cron, operator, REST, drift asset): see the doc
+                as_of = retrain_as_of(
+                    model,
+                    end_date=params.get("end_date"),
+                    reference=data_interval_end or context["dag_run"].run_after,
+                )
+                return stages.build(
+                    model,
+                    as_of=as_of,
+                    window_days=params["window_days"],
+                    context=run_context(context),
+                )
 
         @task
         def validate_data(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
-            from driftline.validation import ValidationFailed
 
-            try:
+            # bad data does not get better by retrying: fail now, with every reason
+            with by_kind():
                 return stages.validate(
                     model, built["run_dir"], context=run_context(get_current_context())
                 )
-            except ValidationFailed as failed:
-                # bad data does not get better by retrying: fail now, with every reason
-                raise AirflowFailException(str(failed)) from None
 
         @task
         def train(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
 
-            return stages.train(model, built["run_dir"], context=run_context(get_current_context()))
+            with by_kind():
+                return stages.train(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
 
         @task
         def evaluate(built: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
-            from driftline.errors import DriftlineError
 
-            try:
+            # a champion that cannot be read is an outage (retry), never "no champion"
+            with by_kind():
                 return stages.evaluate(model, built["run_dir"], trained["version"])
-            except DriftlineError as failed:
-                if failed.retryable:  # the champion or a store could not be read: retry
-                    raise
-                raise AirflowFailException(str(failed)) from None
 
         @task.branch
         def decide(built: dict[str, Any]) -> str:
             from driftline import retrain as stages
 
-            decision = stages.decide(
-                model, built["run_dir"], context=run_context(get_current_context())
-            )
+            with by_kind():
+                decision = stages.decide(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
             return "promote" if decision["promote"] else "keep_champion"
 
         @task(on_success_callback=DriftlineNotifier(event="promotion"))
         def promote(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
-            from driftline.errors import DriftlineError
 
-            try:
+            # MLflow or the store down, a promotion in flight: retry; champion moved: fail
+            with by_kind():
                 return stages.promote(
                     model, built["run_dir"], context=run_context(get_current_context())
                 )
-            except DriftlineError as failed:
-                if failed.retryable:  # MLflow or the store down, a promotion in flight
-                    raise
-                raise AirflowFailException(str(failed)) from None  # champion moved, bad input
 
         @task(on_success_callback=DriftlineNotifier(event="rejection"))
         def keep_champion(built: dict[str, Any]) -> dict[str, Any]:
             from driftline import retrain as stages
 
-            return stages.keep_champion(
-                model, built["run_dir"], context=run_context(get_current_context())
-            )
+            with by_kind():
+                return stages.keep_champion(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
 
         @task(trigger_rule="none_failed_min_one_success")
         def notify(built: dict[str, Any]) -> dict[str, Any]:
