@@ -145,7 +145,7 @@ def main() -> None:
     from driftline.specs import load_spec
     from driftline.stack import free_port, up
 
-    stack = up(port=free_port(), mlflow_port=free_port(), world=WORLD, days=42)
+    stack = up(port=free_port(), mlflow_port=free_port(), world=WORLD, days=44)
     try:
         bench = Bench(stack)
         results: dict[str, Any] = {
