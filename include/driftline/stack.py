@@ -110,6 +110,9 @@ class Stack:
         """Airflow's defaults (8793, 8794, 8974) for the stack on the default port; free ports
         for any other, so two stacks (tests, `driftline simulate --spec`) can run side by side."""
         if not self._side_ports:
+            # a stack already recorded keeps its ports (a restarted component must match)
+            self._side_ports.update(self.recorded().get("side_ports") or {})
+        if not self._side_ports:
             for variable, default in SIDE_PORTS.items():
                 chosen = os.environ.get(variable)
                 self._side_ports[variable] = (
@@ -291,7 +294,12 @@ class Stack:
             write_json(self.passwords_file, passwords, mode=0o600)
         return passwords
 
-    def start(self, components: tuple[str, ...] | None = None) -> dict[str, int]:
+    def start(
+        self,
+        components: tuple[str, ...] | None = None,
+        *,
+        extra_env: dict[str, str] | None = None,
+    ) -> dict[str, int]:
         """Start components in the background (one process group each) and record them.
 
         Default: every component. Components already running are refused; a partial start
@@ -309,7 +317,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ensure_passwords()
-        env = self.env()
+        env = {**self.env(), **(extra_env or {})}
         commands = {
             name: [str(Path(sys.executable).with_name("airflow")), name]
             for name in wanted
@@ -340,6 +348,7 @@ class Stack:
                     "identity": identity,
                     "port": self.port,
                     "mlflow_port": self.mlflow_port,
+                    "side_ports": self.side_ports(),
                 }
             )
         return started
@@ -397,20 +406,9 @@ class Stack:
             time.sleep(0.1)
 
     def restart_component(self, name: str, extra_env: dict[str, str] | None = None) -> int:
-        """Start one stopped Airflow component again (optionally with more environment,
-        e.g. a test hook) and record it."""
-        recorded = self.recorded()
-        log = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("airflow")), name],
-            env={**self.env(), **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        recorded.setdefault("processes", {})[name] = process.pid
-        self.state_file.write_text(json.dumps(recorded, indent=2))
-        return process.pid
+        """Start one stopped component again (optionally with more environment, e.g. a test
+        hook), recorded with its identity like every other start."""
+        return self.start((name,), extra_env=extra_env)[name]
 
     def restart_mlflow(self) -> int:
         """Start the MLflow process again and record it."""

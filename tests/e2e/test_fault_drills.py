@@ -4,11 +4,8 @@ champion is the same in the monitoring store and in MLflow."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,20 +19,8 @@ DEAD_SCHEDULER_SECONDS = 35
 
 
 def _restart_scheduler(running: RunningStack) -> int:
-    """Start the scheduler the way the stack does, and record its process group."""
-    stack = running.stack
-    recorded = stack.recorded()
-    log = (stack.log_dir / "scheduler.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "driftline.preload", "scheduler"],
-        env=stack.env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    recorded["processes"]["scheduler"] = process.pid
-    stack.state_file.write_text(json.dumps(recorded, indent=2))
-    return process.pid
+    """Start the scheduler the way the stack does, recorded with its identity."""
+    return running.stack.restart_component("scheduler")
 
 
 def _task(running: RunningStack, run_id: str, task_id: str) -> dict:
