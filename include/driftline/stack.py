@@ -58,13 +58,34 @@ def process_identity(pid: int) -> dict[str, Any] | None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Does any process of the group still run? Zombies do not count: a component this
+    process started and that was killed stays a zombie until reaped, so reap it first."""
+    # not our child (started by another driftline process): nothing to reap
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's group: alive, and certainly not ours
-    return True
+    return any(state != "Z" for state in _group_states(pgid))
+
+
+def _group_states(pgid: int) -> list[str]:
+    """The /proc state letter of every process in a process group."""
+    states = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
+            states.append(fields[0])
+    return states
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
