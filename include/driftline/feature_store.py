@@ -94,14 +94,25 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
 
 
 def feast_command(args: list[str], settings: Settings | None = None) -> int:
-    """Run the ``feast`` CLI on driftline's repo with driftline's settings; returns its code."""
+    """Run the ``feast`` CLI on driftline's repo with driftline's settings; returns its code.
+
+    ``apply`` runs holding every registered view's materialization lock: Feast's apply reads
+    a view's row (with its materialization intervals) and writes it back later in the same
+    transaction, which neither SQLite through pysqlite nor PostgreSQL under READ COMMITTED
+    serializes against an interval recorded in between; that interval would be lost.
+    """
     settings = settings or get_settings()
     settings.feast_registry.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.airflow_env()}
     entry = "from driftline.feature_store import feast_main; feast_main()"
     command = [sys.executable, "-c", entry, "--chdir", str(settings.feast_repo)]
     command += ["--feature-store-yaml", str(settings.feast_yaml), *args]
-    return subprocess.run(command, env=env, check=False).returncode
+    if "apply" not in args:
+        return subprocess.run(command, env=env, check=False).returncode
+    store = get_store(settings)
+    registered = store.registry.list_feature_views(store.project, allow_cache=False)
+    with _views_locked(store, [view.name for view in registered]):
+        return subprocess.run(command, env=env, check=False).returncode
 
 
 def apply_repo(settings: Settings | None = None) -> None:
@@ -207,6 +218,15 @@ def _view_lock(store: FeatureStore, view: str) -> Iterator[None]:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         return
     yield
+
+
+@contextlib.contextmanager
+def _views_locked(store: FeatureStore, views: list[str]) -> Iterator[None]:
+    """Every named view's lock, taken in name order (as materializations take them)."""
+    with contextlib.ExitStack() as held:
+        for view in sorted(set(views)):
+            held.enter_context(_view_lock(store, view))
+        yield
 
 
 def _aware(moment: datetime) -> datetime:

@@ -39,7 +39,10 @@ for slice in range(4):
     ):
         print("RECORDED " + json.dumps(result.as_dict()))
 """
-APPLY = "from driftline.feature_store import apply_repo; apply_repo()"
+# Three applies in a row, so at least one overlaps the interval writes: Feast's apply reads a
+# view's row with its intervals and writes it back; an interval recorded in between was lost
+# (CI saw it once) until apply took the views' materialization locks.
+APPLY = "from driftline.feature_store import apply_repo\nfor _ in range(3): apply_repo()"
 
 
 def _process(code: str, *args: str) -> subprocess.Popen[str]:
@@ -106,6 +109,18 @@ def test_four_materializations_during_an_apply_keep_the_registry_complete(
     # the newest window wins: each view's online data ends at the newest day, never older
     for view in store.list_feature_views():
         assert view.most_recent_end_time == END, (view.name, view.most_recent_end_time)
+
+
+def test_an_apply_waits_for_a_running_materialization_of_a_view(offline_copy: Path) -> None:
+    from driftline.feature_store import _view_lock
+
+    apply_repo()
+    store = get_store()
+    with _view_lock(store, "card_features"):
+        apply = _process(APPLY.replace("range(3)", "range(1)"))
+        with pytest.raises(subprocess.TimeoutExpired):
+            apply.wait(timeout=30)
+    _finish(apply)
 
 
 def test_a_materialization_with_a_stale_cache_does_not_undo_an_apply(
