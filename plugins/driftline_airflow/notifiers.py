@@ -52,7 +52,11 @@ def _webhook(conn_id: str) -> tuple[Any, str, float] | None:
 
 
 class DriftlineNotifier(BaseNotifier):
-    """Notify about ``event`` (drift_detected, promotion, rejection, failure)."""
+    """Notify about ``event`` (drift_detected, promotion, rejection, failure).
+
+    A kept champion is reported by what the decision was: ``rejection``, or ``inconclusive``
+    when there was no fair comparison to make (the result's ``action`` says which).
+    """
 
     template_fields: Sequence[str] = ("event", "summary")
 
@@ -74,9 +78,12 @@ class DriftlineNotifier(BaseNotifier):
             except Exception:  # a notification must never fail the task it reports on
                 result = None
         exception = context.get("exception")
+        event = self.event
+        if event == "rejection" and isinstance(result, dict):
+            event = {"inconclusive": "inconclusive"}.get(result.get("action"), event)
         return {
             "source": "driftline",
-            "event": self.event,
+            "event": event,
             "dag_id": getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None),
             "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
             "task_id": getattr(ti, "task_id", None),
