@@ -13,6 +13,7 @@ import logging
 import shlex
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -257,6 +258,17 @@ def events_requeue(
     typer.echo(f"drift event {event_id} of {row['model']} is new again; the watcher delivers it")
 
 
+@events_app.command("grant-writer")
+def events_grant_writer(
+    role: Annotated[str, typer.Option("--role", help="the outside systems' database role")],
+) -> None:
+    """Let ROLE insert drift events (model, source, payload) and nothing else (PostgreSQL)."""
+    from driftline.monitoring import grant_event_writer
+
+    for statement in grant_event_writer(role):
+        typer.echo(statement)
+
+
 @app.command()
 def status(
     model: Annotated[str | None, typer.Option(help="one model (default: every spec)")] = None,
@@ -430,6 +442,32 @@ def check() -> None:
     for probe in results:
         typer.echo(probe.describe())
     check_services(results=results)
+
+
+@app.command("check-secrets")
+def check_secrets(
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="a dotenv file to check instead of the environment"),
+    ] = None,
+) -> None:
+    """Refuse weak secrets (placeholders, short, shared, not a Fernet key): exit 2 naming each."""
+    from driftline.secret_check import check_secrets as check
+
+    checked = check(env_file)
+    typer.echo(f"check-secrets: {checked} secrets hold")
+
+
+@app.command("new-env")
+def new_env(
+    out: Annotated[Path, typer.Option("--out", help="where to write it")] = Path(".env"),
+    example: Annotated[Path, typer.Option("--example")] = Path(".env.example"),
+) -> None:
+    """Write a production .env from .env.example with every secret generated (mode 0600)."""
+    from driftline.secret_check import write_new_env
+
+    target = write_new_env(example, out)
+    typer.echo(f"wrote {target} (0600); review the non-secret values before `docker compose up`")
 
 
 @app.command()

@@ -5,6 +5,10 @@ against the compose specification and interpolates it with .env.example; on top 
 :func:`problems` asserts what matters for driftline: every service the DAGs need exists,
 long-running services have health checks and wait for healthy dependencies, every
 ``${VAR}`` is documented in .env.example, and no password or secret is written literally.
+Security: every secret the file uses is judged by the ``secrets-check`` service, which
+every other service waits for; and every named volume a service writes is handed to that
+service's user by a one-shot service running as root before it starts (a volume is created
+root-owned, and the Airflow image runs as uid 50000).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 import yaml
 
 REQUIRED_SERVICES = (
+    "secrets-check",
+    "volumes-init",
     "postgres",
     "redis",
     "mlflow",
@@ -28,11 +34,14 @@ REQUIRED_SERVICES = (
     "airflow-triggerer",
     "airflow-worker",
 )
-ONE_SHOT = {"airflow-init"}
+ONE_SHOT = {"secrets-check", "volumes-init", "airflow-init"}
+SECRETS_CHECK = "secrets-check"
+# official images that start as root and hand their own data directory to their user
+SELF_OWNING_IMAGES = ("postgres:", "redis:")
 # ${VAR}, ${VAR:-default}, ${VAR:?message} — but not $${VAR}, which compose leaves to the shell
 _VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:]?[-?][^}]*)?\}")
 _SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|PRIVATE_KEY", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"://[^:/@\s]*:([^@\s]+)@")
+_URL_CREDENTIALS = re.compile(r"://(?:\$\{[^}]*\}|[^:/@\s$])*:([^@\s]+)@")
 
 
 def documented_variables(env_example: Path) -> set[str]:
@@ -57,6 +66,87 @@ def _strings(node: Any, path: str = "") -> list[tuple[str, str]]:
             found += _strings(value, f"{path}[{index}]")
         return found
     return [(path, str(node))] if node is not None else []
+
+
+def _needs(services: dict[str, Any], name: str) -> set[str]:
+    """Every service ``name`` waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dependency in (services.get(todo.pop()) or {}).get("depends_on") or {}:
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return seen
+
+
+def _writable_volumes(service: dict[str, Any], named: set[str]) -> dict[str, str]:
+    """Named volume -> mount path, for every named volume the service mounts read-write."""
+    mounts = {}
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, str):
+            parts = entry.split(":")
+            source, target = parts[0], parts[1] if len(parts) > 1 else ""
+            read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+        else:
+            source, target = entry.get("source", ""), entry.get("target", "")
+            read_only = bool(entry.get("read_only"))
+        if source in named and not read_only:
+            mounts[source] = target
+    return mounts
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command") or ""
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def security_problems(compose: dict[str, Any], text: str) -> list[str]:
+    """Secrets judged before start-up; written volumes owned by their writer."""
+    services: dict[str, Any] = compose.get("services") or {}
+    found: list[str] = []
+    checker = services.get(SECRETS_CHECK) or {}
+    judged = " ".join(str(v) for v in (checker.get("environment") or {}).values())
+    for variable in sorted(set(_VARIABLE.findall(text))):
+        if _SECRET_KEY.search(variable) and f"${{{variable}" not in judged:
+            found.append(f"secret ${{{variable}}} is used but {SECRETS_CHECK!r} does not judge it")
+    for name in services:
+        if name != SECRETS_CHECK and SECRETS_CHECK not in _needs(services, name):
+            found.append(f"service {name!r} can start before {SECRETS_CHECK!r} has judged .env")
+
+    named = set((compose.get("volumes") or {}).keys())
+    for name, service in services.items():
+        image = str(service.get("image") or "")
+        volumes = _writable_volumes(service, named)
+        if not volumes or image.startswith(SELF_OWNING_IMAGES):
+            continue
+        user = str(service.get("user") or "")
+        if not user or user.split(":")[0] in ("0", "root"):
+            if name in ONE_SHOT:
+                continue  # a root one-shot (the chown itself)
+            found.append(
+                f"service {name!r} writes volumes {sorted(volumes)} but sets no non-root user"
+            )
+            continue
+        needs = _needs(services, name)
+        for volume, path in sorted(volumes.items()):
+            owners = [
+                other
+                for other in needs
+                if other in ONE_SHOT
+                and str((services[other] or {}).get("user") or "").split(":")[0] in ("0", "root")
+                and (target := _writable_volumes(services[other], named).get(volume))
+                and re.search(
+                    rf"chown -R {re.escape(user)}\b[^;&|]*\s{re.escape(target)}(\s|$)",
+                    _command_text(services[other]),
+                )
+            ]
+            if not owners:
+                found.append(
+                    f"service {name!r} runs as {user} and writes volume {volume!r} at {path}, "
+                    f"but no root one-shot it waits for runs `chown -R {user}` on it"
+                )
+    return found
 
 
 def problems(compose_file: Path, env_example: Path) -> list[str]:
@@ -98,7 +188,7 @@ def problems(compose_file: Path, env_example: Path) -> list[str]:
         for credential in _URL_CREDENTIALS.findall(value):
             if not _VARIABLE.fullmatch(credential):
                 found.append(f"{path} has a literal password in a URL; take it from .env")
-    return found
+    return found + security_problems(compose, text)
 
 
 def compose_config(compose_file: Path, env_example: Path) -> tuple[bool, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from driftline.errors import DriftlineError, Unavailable
+from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,30 @@ drift_events = sa.Table(
     "drift_events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column(
+        "created_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.current_timestamp(),
+    ),
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("source", sa.String(128), nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("report_id", sa.Integer, sa.ForeignKey("drift_reports.id"), nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="new"),
     sa.Column("status_reason", sa.Text, nullable=False, server_default=""),
     sa.Column("consumed_by_dag_id", sa.String(250), nullable=True),
     sa.Column("consumed_by_run_id", sa.String(250), nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column(
+        "updated_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.current_timestamp(),
+    ),
 )
+
+# What an outside system may write: the rest is the database's (``grant_event_writer``).
+WRITER_COLUMNS = ("model", "source", "payload")
 
 # A champion change in flight: pending (claimed in model_state, MLflow's aliases not yet
 # known to have moved) -> done (aliases moved, audit written) or undone (claim given back).
@@ -820,3 +833,40 @@ def last_consumed_event(model: str, *, url: str | None = None) -> dict[str, Any]
     with engine(url).connect() as conn:
         row = conn.execute(query).mappings().one_or_none()
         return _decode_event(row, conn.dialect.name) if row else None
+
+
+def grant_event_writer(role: str, *, url: str | None = None) -> list[str]:
+    """Let ``role`` INSERT drift events (model, source, payload) and nothing else.
+
+    PostgreSQL only (the embedded SQLite store has no roles). Run as the store's owner after
+    the schema is migrated; idempotent. Whatever the role held on the store's tables before
+    is revoked first. Returns the statements run.
+    """
+    url = url or get_settings().monitoring_db_url
+    if not url.startswith("postgresql"):
+        raise InvalidInput(
+            f"events grant-writer: the monitoring store {_redact(url)} "
+            "(DRIFTLINE_MONITORING_DB_URL) is not PostgreSQL; only PostgreSQL has roles"
+        )
+    store = engine(url)
+    with store.begin() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+            quoted = conn.dialect.identifier_preparer.quote(role)
+        else:
+            raise InvalidInput(
+                f"events grant-writer: role {role!r} does not exist in {_redact(url)}; "
+                "deploy/postgres/init-databases.sh creates it (DRIFT_WRITER_USER)"
+            )
+        sequence = conn.execute(
+            sa.text("SELECT pg_get_serial_sequence('drift_events', 'id')")
+        ).scalar_one()
+        columns = ", ".join(WRITER_COLUMNS)
+        statements = [
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {quoted}",
+            f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {quoted}",
+            f"GRANT INSERT ({columns}) ON drift_events TO {quoted}",
+            f"GRANT USAGE ON SEQUENCE {sequence} TO {quoted}",
+        ]
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    return statements

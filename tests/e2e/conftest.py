@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,6 +21,33 @@ from driftline.stack import Stack, free_port, up
 from tests.conftest import WORLD, isolate_environment
 
 MODEL = "fraud_detection"
+ACTIONS = {"promote": "promoted", "reject": "rejected", "inconclusive": "inconclusive"}
+
+
+def assert_decision_is_fair_and_follows_its_evidence(audit: dict[str, Any]) -> None:
+    """The audited action is what the promotion policy decides from the evaluation the run
+    recorded, and that evaluation compared both models only on rows after both trained.
+
+    Either outcome can be right for a given world; this makes the test fail on a wrong one:
+    an action that does not follow from the recorded evidence, or evidence that is unfair.
+    """
+    from driftline.evaluation import read_evaluation
+    from driftline.lineage import RunContext, run_dir
+    from driftline.policy import decide
+    from driftline.settings import get_settings
+    from driftline.specs import load_spec_file
+
+    settings = get_settings()
+    context = RunContext(dag_id=audit["dag_id"], run_id=audit["run_id"])
+    evaluation = read_evaluation(run_dir(settings.runs_dir, audit["model"], context))
+    spec = load_spec_file(settings.models_dir / f"{audit['model']}.yaml")
+    decision = decide(spec.promotion, evaluation.evidence())
+    assert audit["action"] == ACTIONS[decision.outcome], (audit, decision)
+    assert audit["challenger_version"] == evaluation.challenger_version
+    if evaluation.champion_version is not None and decision.outcome != "inconclusive":
+        start = datetime.fromisoformat(evaluation.comparison_window[0])
+        trained = [datetime.fromisoformat(u) for u in evaluation.trained_until.values() if u]
+        assert len(trained) == 2 and all(until <= start for until in trained), evaluation
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:

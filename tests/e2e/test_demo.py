@@ -12,7 +12,11 @@ import yaml
 from driftline import monitoring, registry
 from driftline.demo import STEPS, Demo
 from driftline.settings import get_settings
-from tests.e2e.conftest import MODEL, RunningStack
+from tests.e2e.conftest import (
+    MODEL,
+    RunningStack,
+    assert_decision_is_fair_and_follows_its_evidence,
+)
 
 
 def test_demo_runs_the_whole_loop(running_stack: RunningStack) -> None:
@@ -31,12 +35,14 @@ def test_demo_runs_the_whole_loop(running_stack: RunningStack) -> None:
     decision = next(
         a for a in monitoring.audit_log(MODEL) if a["run_id"] == event["consumed_by_run_id"]
     )
-    assert decision["action"] in ("promoted", "rejected") and decision["reasons"]
+    assert decision["reasons"]
+    assert_decision_is_fair_and_follows_its_evidence(decision)
 
     # notifications reached the webhook: drift, the decision, the blocked batch
     webhook = running_stack.webhook
     assert webhook.events("drift_detected")
-    assert webhook.events("promotion") or webhook.events("rejection")
+    notified = {"promoted": "promotion", "rejected": "rejection", "inconclusive": "rejection"}
+    assert webhook.events(notified[decision["action"]])
     failures = webhook.events("failure")
     assert any(
         f["task_id"] == "validate_data" and "validation failed" in (f["error"] or "")

@@ -22,7 +22,12 @@ import yaml
 from driftline import monitoring
 from driftline.events import PAUSE_AFTER_CLAIM_ENV, raise_event
 from driftline.settings import get_settings
-from tests.e2e.conftest import MODEL, RunningStack, wait_for
+from tests.e2e.conftest import (
+    MODEL,
+    RunningStack,
+    assert_decision_is_fair_and_follows_its_evidence,
+    wait_for,
+)
 
 RETRAIN = f"{MODEL}_retrain"
 ASSET = f"drift://{MODEL}"
@@ -151,7 +156,8 @@ def test_a_row_behind_a_poison_row_starts_a_retrain(running_stack: RunningStack)
     states = running_stack.task_states(RETRAIN, run["dag_run_id"])
     assert states["admit_trigger"] == "success" and states["train"] == "success"
     audit = monitoring.audit_log(MODEL)[0]
-    assert audit["run_id"] == run["dag_run_id"] and audit["action"] in ("promoted", "rejected")
+    assert audit["run_id"] == run["dag_run_id"]
+    assert_decision_is_fair_and_follows_its_evidence(audit)
 
 
 def _post_event(stack: RunningStack, extra: dict[str, Any]) -> dict[str, Any]:

@@ -93,3 +93,65 @@ def test_compose_rejects_a_file_missing_a_mandatory_variable(tmp_path: Path) -> 
     )
     ok, output = compose_config(COMPOSE, env)
     assert not ok and "set REDIS_PASSWORD in .env" in output
+
+
+def _broken(tmp_path: Path, change) -> list[str]:
+    import yaml
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    change(compose["services"])
+    path = tmp_path / "docker-compose.yaml"
+    path.write_text(yaml.safe_dump(compose))
+    return problems(path, ENV_EXAMPLE)
+
+
+def test_a_secret_the_checker_does_not_judge_fails(tmp_path: Path) -> None:
+    found = _broken(
+        tmp_path, lambda services: services["secrets-check"]["environment"].pop("REDIS_PASSWORD")
+    )
+    assert found == ["secret ${REDIS_PASSWORD} is used but 'secrets-check' does not judge it"]
+
+
+def test_a_service_that_can_start_before_the_secrets_are_judged_fails(tmp_path: Path) -> None:
+    found = _broken(tmp_path, lambda services: services["redis"].pop("depends_on"))
+    assert found == ["service 'redis' can start before 'secrets-check' has judged .env"]
+
+
+def test_a_volume_nobody_hands_to_its_writer_fails(tmp_path: Path) -> None:
+    def other_owner(services: dict) -> None:
+        services["volumes-init"]["command"] = ["bash", "-c", "chown -R 50000:0 /opt/driftline"]
+
+    assert _broken(tmp_path, other_owner) == [
+        "service 'mlflow' runs as 50000:0 and writes volume 'mlflow-artifacts' at /mlartifacts, "
+        "but no root one-shot it waits for runs `chown -R 50000:0` on it"
+    ]
+    found = _broken(tmp_path, lambda services: services["mlflow"].pop("user"))
+    assert found == [
+        "service 'mlflow' writes volumes ['mlflow-artifacts'] but sets no non-root user"
+    ]
+
+
+def test_every_written_volume_is_owned_by_its_writer_in_the_shipped_file() -> None:
+    import yaml
+
+    from driftline.compose_check import security_problems
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    writers = {
+        name
+        for name, service in compose["services"].items()
+        if any(":ro" not in str(v) for v in service.get("volumes") or [])
+    }
+    assert {"mlflow", "airflow-worker", "airflow-init", "volumes-init"} <= writers
+    assert security_problems(compose, COMPOSE.read_text()) == []
+
+
+def test_a_literal_password_after_a_variable_user_is_found(tmp_path: Path) -> None:
+    def literal(services: dict) -> None:
+        services["mlflow"]["command"][3] = (
+            "postgresql://${MLFLOW_DB_USER:-mlflow}:hunter2@postgres:5432/mlflow"
+        )
+
+    assert _broken(tmp_path, literal) == [
+        "services.mlflow.command[3] has a literal password in a URL; take it from .env"
+    ]
