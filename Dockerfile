@@ -1,12 +1,8 @@
 # driftline on the official Airflow image: the project's lock installed on top, the code baked in.
 FROM apache/airflow:3.3.2-python3.11
 
-USER root
-RUN apt-get update \
- && apt-get install -y --no-install-recommends curl \
- && rm -rf /var/lib/apt/lists/*
-USER airflow
-
+# The base image runs as airflow (uid 50000) and already has curl for the health checks:
+# nothing is installed as root.
 WORKDIR /opt/airflow/driftline
 COPY --chown=airflow:root requirements.lock pyproject.toml README.md ./
 # The image already holds apache-airflow 3.3.2; the lock pins the same version, so this only
