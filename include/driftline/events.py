@@ -21,7 +21,11 @@ Delivery is at least once, the effect exactly once:
   while the first run was still queued) records them as duplicates in the audit log and
   does not retrain; a run retrains only on events nobody consumed yet.
 
-Storm protection, per model: at most one drift-triggered retrain per ``drift.cooldown_hours``.
+Storm protection, per model: at most one drift-triggered retrain per ``drift.cooldown_hours``,
+counted on the data's clock where an event has one: an event that names its drift ``window``
+(the drift monitor's do) is as old as its window's end, any other as the time it is judged.
+Two monitor events a day apart of data are a day apart even when a backfill or
+`driftline simulate` raises them minutes apart; outside events count in wall-clock time.
 The watcher applies it at intake: new rows that arrive while an earlier claim of the model is
 still on its way are *merged* into it (``suppressed``, naming the events that carry the
 drift), and rows inside the cooldown are ``suppressed`` with the time the next retrain is
@@ -218,23 +222,48 @@ def _release_expired_leases(model: str, lease_seconds: float, now: datetime, url
     return released
 
 
+def data_time(payload: Any) -> datetime | None:
+    """The end of the drift window an event names, or None (it has no data clock)."""
+    window = payload.get("window") if isinstance(payload, dict) else None
+    if not isinstance(window, list | tuple) or len(window) != 2:
+        return None
+    try:
+        end = window[1] if isinstance(window[1], datetime) else datetime.fromisoformat(window[1])
+    except (TypeError, ValueError):
+        return None
+    return end if end.tzinfo else end.replace(tzinfo=UTC)
+
+
 def cooldown_reason(
-    model: str, at: datetime, cooldown_hours: float, url: str, *, run_id: str | None = None
+    model: str,
+    at: datetime,
+    cooldown_hours: float,
+    url: str,
+    *,
+    run_id: str | None = None,
+    payloads: list[Any] = (),
 ) -> str | None:
-    """Why a drift-triggered retrain of ``model`` may not start at ``at``, or None."""
+    """Why a drift-triggered retrain of ``model`` on events with ``payloads``, judged at
+    ``at``, may not start; or None. Each side is timed by its data clock when it has one
+    (:func:`data_time`), else the candidate by ``at`` and the last retrain by its consumption."""
     if cooldown_hours <= 0:
         return None
     last = monitoring.last_consumed_event(model, url=url)
     if last is None or last["updated_at"] is None or last["consumed_by_run_id"] == run_id:
         return None
     cooldown = timedelta(hours=cooldown_hours)
-    consumed_at = last["updated_at"]
-    if at - consumed_at >= cooldown:
+    last_data = data_time(last["payload"])
+    times = [t for t in (data_time(p) for p in payloads) if t is not None]
+    if last_data is not None and times:
+        since, now, clock, after = last_data, max(times), "of data up to", "for data after"
+    else:
+        since, now, clock, after = last["updated_at"], at, "at", "after"
+    if now - since >= cooldown:
         return None
     return (
-        f"cooldown: run {last['consumed_by_run_id']} retrained {model} on drift at "
-        f"{consumed_at.isoformat()}; at most one drift-triggered retrain per "
-        f"{cooldown_hours:g} h (next allowed after {(consumed_at + cooldown).isoformat()})"
+        f"cooldown: run {last['consumed_by_run_id']} retrained {model} on drift {clock} "
+        f"{since.isoformat()}; at most one drift-triggered retrain per "
+        f"{cooldown_hours:g} h (next allowed {after} {(since + cooldown).isoformat()})"
     )
 
 
@@ -293,8 +322,12 @@ def intake(
             f"(claimed, not yet consumed); that run covers this event"
         )
     else:
-        reason = cooldown_reason(model, now, policy.cooldown_hours, url)
+        reason = None
     for row in candidates:
+        if not in_flight:
+            reason = cooldown_reason(
+                model, now, policy.cooldown_hours, url, payloads=[row["payload"]]
+            )
         if reason:
             if monitoring.transition_event(
                 row["id"], from_statuses=("new",), to_status="suppressed", reason=reason, url=url
@@ -538,7 +571,14 @@ def admit_drift_run(
         log.info(message)
         return Admission(False, [], message, rejected, duplicates)
 
-    reason = cooldown_reason(model, at, cooldown_hours, url, run_id=context.run_id)
+    reason = cooldown_reason(
+        model,
+        at,
+        cooldown_hours,
+        url,
+        run_id=context.run_id,
+        payloads=[rows[i]["payload"] for i in fresh],
+    )
     status, note = ("suppressed", reason) if reason else ("consumed", f"retrain {context.key}")
     for event_id in fresh:
         monitoring.transition_event(

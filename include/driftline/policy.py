@@ -263,15 +263,30 @@ def decide(policy: PromotionSpec, evidence: Evidence) -> Decision:
     failures += _too_small(policy, evidence, "holdout")
 
     challenger = evidence.challenger
+    champion = evidence.champion
     for metric, floor in sorted(policy.floors.items()):
         value = challenger[metric]
         ok = value >= floor if HIGHER_IS_BETTER[metric] else value <= floor
         word = ">=" if HIGHER_IS_BETTER[metric] else "<="
-        (passes if ok else failures).append(
-            f"{metric} {value:.4f} {word if ok else 'fails'} floor {floor}"
-        )
+        if ok:
+            passes.append(f"{metric} {value:.4f} {word} floor {floor}")
+            continue
+        failing = f"{metric} {value:.4f} fails floor {floor}"
+        held = champion[metric] if champion is not None else None
+        if (
+            not policy.strict_floors
+            and held is not None
+            and not (held >= floor if HIGHER_IS_BETTER[metric] else held <= floor)
+            and _gain(metric, value, held) > 0
+        ):
+            # the model serving now fails the same floor on the same rows, and does worse
+            passes.append(
+                f"{failing}, but the champion fails it too on the same rows ({held:.4f}) and "
+                f"does worse: the floor does not keep the better model out (strict_floors: false)"
+            )
+        else:
+            failures.append(failing)
 
-    champion = evidence.champion
     if champion is None:
         passes.append("no champion yet: the floors decide")
     else:

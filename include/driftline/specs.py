@@ -178,6 +178,10 @@ class PromotionSpec(_Strict):
     bootstrap_seed: int = 0
     # categorical features whose every value must also hold the max_regression guards
     slices: tuple[str, ...] = ()
+    # false: a floor the champion itself fails on the same comparison rows does not keep out
+    # a challenger that beats it there (replacing a failing model with a better one); true:
+    # floors always block
+    strict_floors: bool = False
 
 
 class ScheduleSpec(_Strict):

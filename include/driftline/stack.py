@@ -37,6 +37,17 @@ from driftline.files import write_json
 from driftline.settings import Settings, get_settings
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# With AIRFLOW__CORE__EXECUTOR=CeleryExecutor the stack also runs Celery workers, as compose
+# does: DRIFTLINE_CELERY_WORKERS of them (default 2), each with its own log-server port.
+CELERY_WORKER = "celery-worker-"
+# Airflow settings taken from the caller's environment (every other AIRFLOW__ variable is the
+# stack's own): the Celery executor's broker, result backend and queue, the heartbeat timeout
+PASSED_THROUGH = (
+    "AIRFLOW__CELERY__",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__",
+    "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+)
 USERS = {"admin": "admin", "operator": "user"}
 # the alphabet of Airflow's simple auth manager (no look-alike characters)
 _PASSWORD_ALPHABET = "abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789"
@@ -167,7 +178,11 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """Environment of every process of the stack."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AIRFLOW__") or k.startswith(PASSED_THROUGH)
+        }
         env.update(self.settings.airflow_env())
         airflow_db = self.settings.airflow_home / "airflow.db"
         env.update(
@@ -326,7 +341,7 @@ class Stack:
         Default: every component. Components already running are refused; a partial start
         (``up`` restarting what died) keeps the records of the others.
         """
-        wanted = components or (*AIRFLOW_COMPONENTS, *(("mlflow-ui",) if self.mlflow_port else ()))
+        wanted = components or self.default_components()
         alive = self.running()
         if set(wanted) & set(alive):
             raise DriftlineError(
@@ -347,6 +362,20 @@ class Stack:
         if "scheduler" in commands:
             # task processes fork from the scheduler's executor: start them warm (preload.py)
             commands["scheduler"] = [sys.executable, "-m", "driftline.preload", "scheduler"]
+        recorded_ports = dict(self.recorded().get("worker_log_ports") or {})
+        worker_env: dict[str, dict[str, str]] = {}
+        for name in wanted:
+            if name.startswith(CELERY_WORKER):
+                # tasks fork from the worker's pool processes: warm too
+                commands[name] = [
+                    *(sys.executable, "-m", "driftline.preload", "celery", "worker"),
+                    *("--celery-hostname", f"{name}@%h"),
+                    *("--concurrency", os.environ.get("DRIFTLINE_CELERY_CONCURRENCY", "2")),
+                ]
+                recorded_ports.setdefault(name, free_port())
+                worker_env[name] = {
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(recorded_ports[name])
+                }
         if "mlflow-ui" in wanted and self.mlflow_port:
             commands["mlflow-ui"] = self.mlflow_command()
         recorded = self.recorded() if alive else {}
@@ -357,7 +386,11 @@ class Stack:
             for name, command in commands.items():
                 log = (self.log_dir / f"{name}.log").open("ab")
                 process = subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    env={**env, **worker_env.get(name, {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
                 started[name] = process.pid  # a new session: pid == process group id
                 processes[name] = process.pid
@@ -370,9 +403,21 @@ class Stack:
                     "port": self.port,
                     "mlflow_port": self.mlflow_port,
                     "side_ports": self.side_ports(),
+                    "worker_log_ports": recorded_ports,
                 }
             )
         return started
+
+    def celery_workers(self) -> tuple[str, ...]:
+        """The Celery worker components, when the stack runs the CeleryExecutor."""
+        if self.env()["AIRFLOW__CORE__EXECUTOR"] != "CeleryExecutor":
+            return ()
+        count = int(os.environ.get("DRIFTLINE_CELERY_WORKERS", "2"))
+        return tuple(f"{CELERY_WORKER}{index}" for index in range(1, count + 1))
+
+    def default_components(self) -> tuple[str, ...]:
+        mlflow = ("mlflow-ui",) if self.mlflow_port else ()
+        return (*AIRFLOW_COMPONENTS, *self.celery_workers(), *mlflow)
 
     def mlflow_command(self) -> list[str]:
         command = [str(Path(sys.executable).with_name("mlflow")), "server"]

@@ -65,6 +65,53 @@ def test_two_events_inside_the_cooldown_make_one_retrain(driftline_home: Path) -
     assert later.admitted
 
 
+def _windowed_event(day: datetime) -> dict:
+    window = [(day - timedelta(days=7)).isoformat(), day.isoformat()]
+    event_id = monitoring.create_drift_event(
+        model=MODEL,
+        source="monitor:test",
+        payload={"share_drifted": 0.6, "window": window},
+        status="emitted",
+    )
+    return {"extra": {"drift_event_id": event_id}, "source": "monitor"}
+
+
+def test_the_cooldown_counts_on_the_data_clock_of_monitor_events(driftline_home: Path) -> None:
+    """A backfill (or `driftline simulate`) raises monitor events for consecutive days within
+    minutes: a day of data apart, they are a day apart for the cooldown; half a day, not."""
+    day = datetime(2026, 3, 10, tzinfo=UTC)
+    now = datetime.now(UTC)
+    first = admit_drift_run(
+        MODEL, [_windowed_event(day)], context=_run("day-1"), at=now, cooldown_hours=24
+    )
+    assert first.admitted
+    half = admit_drift_run(
+        MODEL,
+        [_windowed_event(day + timedelta(hours=12))],
+        context=_run("half-day"),
+        at=now + timedelta(minutes=1),
+        cooldown_hours=24,
+    )
+    assert not half.admitted
+    assert "on drift of data up to 2026-03-10T00:00:00+00:00" in half.message
+    assert "next allowed for data after 2026-03-11T00:00:00+00:00" in half.message
+    next_day = admit_drift_run(
+        MODEL,
+        [_windowed_event(day + timedelta(days=1))],
+        context=_run("day-2"),
+        at=now + timedelta(minutes=2),
+        cooldown_hours=24,
+    )
+    assert next_day.admitted, next_day.message
+    # an event without a window has no data clock: wall-clock time since the last retrain
+    outside = raise_event(MODEL, {"reason": "outside monitor"})
+    event = {"extra": {"drift_event_id": outside}, "source": "rest"}
+    claimed = admit_drift_run(
+        MODEL, [event], context=_run("outside"), at=now + timedelta(hours=1), cooldown_hours=24
+    )
+    assert not claimed.admitted and "on drift at " in claimed.message
+
+
 def test_events_arriving_together_collapse_into_one_run(driftline_home: Path) -> None:
     watcher_rows = [raise_event(MODEL, {"reason": "external monitor"}) for _ in range(2)]
     claimed = claim_new_events(MODEL)

@@ -1,17 +1,22 @@
 """The production profile, natively: the same stack as docker-compose.yaml, as processes on
-this machine's PostgreSQL and Redis. Airflow metadata on PostgreSQL with the LocalExecutor,
+this machine's PostgreSQL and Redis. Airflow metadata on PostgreSQL with the CeleryExecutor
+(Redis broker, two Celery worker processes),
 an MLflow tracking server on PostgreSQL reached over HTTP, Feast with the SQL registry and
 the Redis online store, the monitoring store on PostgreSQL.
 
-Each run creates uniquely named databases and a unique Feast project (its Redis keys carry
-the project name) and removes them afterwards, even when a test fails. Without PostgreSQL
-or Redis the tests skip with the reason; with REQUIRE_SERVICES=1 that is a failure.
+The databases and roles come from the compose file's own init script
+(deploy/postgres/init-databases.sh): each component connects as its own role, owning only
+its own database, as in compose. Each run uses unique database, role and Feast project
+names (the Redis keys carry the project) and removes them afterwards, even when a test
+fails. Without PostgreSQL or Redis the tests skip with the reason; with REQUIRE_SERVICES=1
+that is a failure.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,8 +58,56 @@ def require_services() -> None:
         pytest.skip(f"{message} (not reachable)")
 
 
-def pg_url(database: str, driver: str = "psycopg") -> str:
-    return f"postgresql+{driver}://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+def pg_url(database: str, driver: str = "psycopg", user: str | None = None) -> str:
+    return f"postgresql+{driver}://{user or PG['user']}@{PG['host']}:{PG['port']}/{database}"
+
+
+INIT_SCRIPT = REPO_ROOT / "deploy" / "postgres" / "init-databases.sh"
+# component -> the init script's variable naming its database
+INIT_DATABASE_VARIABLES = {
+    "airflow": "AIRFLOW_DB",
+    "mlflow": "MLFLOW_DB",
+    "feast": "FEAST_REGISTRY_DB",
+    "monitoring": "MONITORING_DB",
+}
+INIT_ROLE_VARIABLES = {
+    "airflow": "AIRFLOW_DB",
+    "mlflow": "MLFLOW_DB",
+    "feast": "FEAST_DB",
+    "monitoring": "MONITORING_DB",
+    "writer": "DRIFT_WRITER",
+}
+
+
+def init_env(databases: dict[str, str], roles: dict[str, str]) -> dict[str, str]:
+    """The environment compose gives the init script, for these names (fresh passwords)."""
+    env = {"POSTGRES_USER": PG["user"], "PGHOST": PG["host"], "PGPORT": str(PG["port"])}
+    for component, variable in INIT_DATABASE_VARIABLES.items():
+        env[variable] = databases[component]
+    for role, prefix in INIT_ROLE_VARIABLES.items():
+        env["DRIFT_WRITER_USER" if role == "writer" else f"{prefix}_USER"] = roles[role]
+        env[f"{prefix}_PASSWORD"] = uuid.uuid4().hex
+    return env
+
+
+def init_databases(env: dict[str, str]) -> str:
+    """Run the compose file's init script natively; returns its output."""
+    result = subprocess.run(
+        ["bash", str(INIT_SCRIPT)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def drop_roles(names: list[str]) -> None:
+    with _admin() as connection:
+        for name in names:
+            connection.execute(f'DROP ROLE IF EXISTS "{name}"')
 
 
 def _admin():
@@ -96,6 +149,7 @@ class Production:
     run_id: str
     databases: dict[str, str]
     project: str
+    roles: dict[str, str]
 
     def sql(self, component: str, query: str, *args: object) -> list[tuple]:
         import psycopg
@@ -119,10 +173,11 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
     a private cluster) and the Redis at ``REDIS``; removed afterwards, even on failure."""
     run_id = uuid.uuid4().hex[:10]
     databases = {component: f"driftline_test_{run_id}_{component}" for component in COMPONENT_DBS}
+    roles = {role: f"driftline_{run_id}_{role}" for role in INIT_ROLE_VARIABLES}
     project = f"driftline_{run_id}"
-    create_databases(list(databases.values()))
     stack = None
     try:
+        init_databases(init_env(databases, roles))
         with pytest.MonkeyPatch.context() as patch:
             home = tmp_path_factory.mktemp("production") / "state"
             home.mkdir()
@@ -140,16 +195,34 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
             (models / "fraud_detection.yaml").write_text(yaml.safe_dump(raw))
             for key, value in {
                 "DRIFTLINE_MODELS_DIR": str(models),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(databases["airflow"], "psycopg2"),
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(
+                    databases["airflow"], "psycopg2", roles["airflow"]
+                ),
+                # as compose: the CeleryExecutor, Redis as broker, the result backend on the
+                # Airflow database, two worker processes (the stack starts them); a queue of
+                # this run's own, so runs sharing the Redis never take each other's tasks
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS['host']}:{REDIS['port']}/0",
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+"
+                + pg_url(databases["airflow"], "psycopg2", roles["airflow"]).replace(
+                    "+psycopg2", "", 1
+                ),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": project,
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+                "DRIFTLINE_CELERY_WORKERS": "2",
+                # a task whose worker died is failed (and retried) after 90 s, not 5 minutes
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
                 "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
                 "FEAST_FS_YAML_FILE_PATH": str(
                     REPO_ROOT / "feature_repo" / "feature_store.production.yaml"
                 ),
                 "DRIFTLINE_FEAST_PROJECT": project,
-                "DRIFTLINE_FEAST_REGISTRY_URL": pg_url(databases["feast"]),
+                "DRIFTLINE_FEAST_REGISTRY_URL": pg_url(databases["feast"], user=roles["feast"]),
                 "DRIFTLINE_FEAST_REDIS": f"{REDIS['host']}:{REDIS['port']},db=0",
-                "DRIFTLINE_MONITORING_DB_URL": pg_url(databases["monitoring"]),
+                "DRIFTLINE_MONITORING_DB_URL": pg_url(
+                    databases["monitoring"], user=roles["monitoring"]
+                ),
             }.items():
                 patch.setenv(key, value)
             stack = up(
@@ -159,11 +232,18 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
                 # the first retrain is as of the day after the newest data (one clock), so
                 # its 28-day window starts on day 9: past the world's warm-up week
                 days=44,
-                mlflow_server=(pg_url(databases["mlflow"], "psycopg2"), str(home / "mlartifacts")),
+                mlflow_server=(
+                    pg_url(databases["mlflow"], "psycopg2", roles["mlflow"]),
+                    str(home / "mlartifacts"),
+                ),
             )
-            yield Production(stack, run_id, databases, project)
+            from driftline.monitoring import grant_event_writer
+
+            grant_event_writer(roles["writer"])  # as airflow-init does
+            yield Production(stack, run_id, databases, project, roles)
     finally:
         if stack is not None:
             stack.stop()
         drop_databases(list(databases.values()))
+        drop_roles(list(roles.values()))
         delete_redis_keys(project)

@@ -9,8 +9,6 @@ server trusts every connection, so passwords are set but not exercised here.)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,11 +16,19 @@ from dataclasses import dataclass
 import pytest
 
 from driftline import monitoring
-from driftline.settings import REPO_ROOT
-from tests.production.conftest import PG, _admin, require_services
-
-INIT = REPO_ROOT / "deploy" / "postgres" / "init-databases.sh"
-COMPONENTS = ("airflow", "mlflow", "feast", "monitoring")
+from tests.production.conftest import (
+    COMPONENT_DBS as COMPONENTS,
+)
+from tests.production.conftest import (
+    INIT_ROLE_VARIABLES,
+    PG,
+    _admin,
+    drop_databases,
+    drop_roles,
+    init_databases,
+    init_env,
+    require_services,
+)
 
 
 @dataclass
@@ -49,54 +55,19 @@ class Cluster:
         )
 
 
-def _init(env: dict[str, str]) -> str:
-    result = subprocess.run(
-        ["bash", str(INIT)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     require_services()
     run = uuid.uuid4().hex[:8]
     databases = {c: f"driftline_test_{run}_{c}" for c in COMPONENTS}
-    roles = {c: f"driftline_{run}_{c}" for c in (*COMPONENTS, "writer")}
-    env = {
-        "POSTGRES_USER": PG["user"],
-        "PGHOST": PG["host"],
-        "PGPORT": str(PG["port"]),
-        "AIRFLOW_DB": databases["airflow"],
-        "MLFLOW_DB": databases["mlflow"],
-        "FEAST_REGISTRY_DB": databases["feast"],
-        "MONITORING_DB": databases["monitoring"],
-        "AIRFLOW_DB_USER": roles["airflow"],
-        "MLFLOW_DB_USER": roles["mlflow"],
-        "FEAST_DB_USER": roles["feast"],
-        "MONITORING_DB_USER": roles["monitoring"],
-        "DRIFT_WRITER_USER": roles["writer"],
-    }
-    for role in ("AIRFLOW_DB", "MLFLOW_DB", "FEAST_DB", "MONITORING_DB", "DRIFT_WRITER"):
-        env[f"{role}_PASSWORD"] = uuid.uuid4().hex
+    roles = {role: f"driftline_{run}_{role}" for role in INIT_ROLE_VARIABLES}
+    env = init_env(databases, roles)
     try:
-        _init(env)
+        init_databases(env)
         yield Cluster(databases, roles, env)
     finally:
-        with _admin() as admin:
-            for name in databases.values():
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            for role in roles.values():
-                admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        drop_databases(list(databases.values()))
+        drop_roles(list(roles.values()))
 
 
 def _denied(action) -> str:
@@ -173,7 +144,7 @@ def test_the_outside_writer_can_insert_drift_events_and_nothing_else(cluster: Cl
 
 
 def test_the_init_script_runs_again_without_harm(cluster: Cluster) -> None:
-    output = _init(cluster.env)  # after the writer test: data and grants survive
+    output = init_databases(cluster.env)  # after the writer test: data and grants survive
     assert output.count("owned by") == len(COMPONENTS)
     with cluster.connect("writer", "monitoring") as writer:
         writer.execute(

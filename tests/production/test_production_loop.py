@@ -3,6 +3,8 @@ server, with real processes; racing promotions; faults."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 
@@ -66,6 +68,65 @@ def test_the_loop_runs_on_postgres_redis_and_an_mlflow_server(production: Produc
         "SELECT e.status, e.consumed_by_run_id, r.verdict FROM drift_events e JOIN drift_reports r ON r.id = e.report_id",
     )
     assert ("consumed", chain[-1][1], "drift") == chain[-1]
+
+
+def test_an_outside_writers_row_starts_a_retrain(production: Production) -> None:
+    """The drift-event writer role (INSERT on three columns of drift_events, nothing else)
+    is enough for an outside system to start a retrain through the watcher."""
+    import psycopg
+
+    from tests.production.conftest import PG
+
+    known = {run["dag_run_id"] for run in _runs(production)}
+    with psycopg.connect(
+        host=PG["host"],
+        port=PG["port"],
+        user=production.roles["writer"],
+        dbname=production.databases["monitoring"],
+        autocommit=True,
+    ) as writer:
+        writer.execute(
+            "INSERT INTO drift_events (model, source, payload) VALUES (%s, %s, %s)",
+            (
+                MODEL,
+                "outside-monitor",
+                json.dumps({"reason": "outside monitor", "share_drifted": 0.5}),
+            ),
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("UPDATE drift_events SET status = 'consumed'")
+
+    def started() -> dict | None:
+        return next(
+            (
+                run
+                for run in _runs(production)
+                if run["dag_run_id"] not in known and run["run_type"] == "asset_triggered"
+            ),
+            None,
+        )
+
+    run = wait_for("a retrain started by the writer's row", started, timeout=240, interval=2)
+    state = wait_for(
+        "the run to finish",
+        lambda: (
+            (
+                s := production.sql(
+                    "airflow", "SELECT state FROM dag_run WHERE run_id=%s", run["dag_run_id"]
+                )[0][0]
+            )
+            in ("success", "failed")
+            and s
+        ),
+        timeout=600,
+        interval=3,
+    )
+    assert state == "success"
+    consumed = production.sql(
+        "monitoring",
+        "SELECT status, consumed_by_run_id FROM drift_events WHERE source = 'outside-monitor'",
+    )
+    assert consumed == [("consumed", run["dag_run_id"])]
 
 
 def test_two_racing_promotions_one_wins_the_other_is_refused(production: Production) -> None:
@@ -240,6 +301,85 @@ def test_mlflow_server_stopped_during_a_retrain_task_retries(production: Product
         f"name='{MODEL}' and tags.airflow_run_id='{run['dag_run_id']}'"
     )
     assert len(versions) == 1  # the retry registered one version, not two
+
+
+def _task(production: Production, run_id: str, task_id: str) -> tuple[str, int, int | None]:
+    rows = production.sql(
+        "airflow",
+        "SELECT state, try_number, pid FROM task_instance "
+        "WHERE dag_id=%s AND run_id=%s AND task_id=%s",
+        RETRAIN,
+        run_id,
+        task_id,
+    )
+    return rows[0] if rows else ("none", 0, None)
+
+
+def test_a_celery_worker_killed_mid_task_has_its_task_retried_by_the_other(
+    production: Production,
+) -> None:
+    import psutil
+
+    stack = production.stack
+    workers = stack.celery_workers()
+    assert len(workers) == 2 and all(stack.component_state(w) == "running" for w in workers)
+    token = stack.token("admin")
+    status, run = stack.api(
+        "POST",
+        f"/api/v2/dags/{RETRAIN}/dagRuns",
+        {"logical_date": None, "conf": {"dry_run": True, "reason": "worker crash drill"}},
+        token=token,
+    )
+    assert status == 200, run
+    run_id = run["dag_run_id"]
+
+    def train_pid() -> int | None:
+        state, _, pid = _task(production, run_id, "train")
+        return pid if state == "running" and pid else None
+
+    pid = wait_for("train to run on a worker", train_pid, timeout=300, interval=0.5)
+    groups = stack.recorded()["processes"]
+    owner = next(
+        name
+        for name in workers
+        if pid in {child.pid for child in psutil.Process(groups[name]).children(recursive=True)}
+    )
+    survivor = next(name for name in workers if name != owner)
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    stack.kill_component(owner)  # the worker machine dies: its group and the task with it
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    try:
+        state = wait_for(
+            "the run to finish on the surviving worker",
+            lambda: (
+                (
+                    s := production.sql(
+                        "airflow", "SELECT state FROM dag_run WHERE run_id=%s", run_id
+                    )[0][0]
+                )
+                in ("success", "failed")
+                and s
+            ),
+            timeout=900,
+            interval=3,
+        )
+        assert stack.component_state(owner) != "running"
+        assert stack.component_state(survivor) == "running"
+        train = _task(production, run_id, "train")
+        assert (state, train[0]) == ("success", "success"), production.sql(
+            "airflow",
+            "SELECT task_id, state, try_number FROM task_instance WHERE run_id=%s",
+            run_id,
+        )
+        assert train[1] >= 2  # the killed try, then the retry on the survivor
+        versions = registry.client().search_model_versions(
+            f"name='{MODEL}' and tags.airflow_run_id='{run_id}'"
+        )
+        assert len(versions) == 1  # one version, whichever try registered it
+    finally:
+        stack.restart_component(owner)
 
 
 def _healthy(uri: str) -> bool:

@@ -128,6 +128,59 @@ def test_truth_table(case, challenger, champion, rows, positives, outcome, reaso
     assert any(reason in r for r in decision.reasons), decision.reasons
 
 
+# A collapsed champion (concept drift): it fails both floors on the comparison rows.
+FAILING = _m(pr_auc=0.02, roc_auc=0.55)
+
+
+@pytest.mark.parametrize(
+    ("case", "challenger", "strict", "outcome", "reason"),
+    [
+        (
+            "below the floors, better than a champion failing them",
+            _m(pr_auc=0.19, roc_auc=0.79),
+            False,
+            "promote",
+            "pr_auc 0.1900 fails floor 0.3, but the champion fails it too on the same rows "
+            "(0.0200) and does worse",
+        ),
+        (
+            "the same with strict floors",
+            _m(pr_auc=0.19, roc_auc=0.79),
+            True,
+            "reject",
+            "pr_auc 0.1900 fails floor 0.3",
+        ),
+        (
+            "below the floors, no better than the failing champion",
+            _m(pr_auc=0.021, roc_auc=0.54),
+            False,
+            "reject",
+            "roc_auc 0.5400 fails floor 0.8",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else "",
+)
+def test_a_floor_the_champion_fails_too(case, challenger, strict, outcome, reason) -> None:
+    evidence = Evidence(
+        challenger=challenger,
+        champion=FAILING,
+        rows=5000,
+        positives=60,
+        champion_version="1",
+        interval=Interval(
+            metric="pr_auc",
+            gain=challenger["pr_auc"] - 0.02,
+            low=challenger["pr_auc"] - 0.03,
+            high=challenger["pr_auc"],
+            level=0.9,
+            resamples=200,
+        ),
+    )
+    decision = decide(POLICY.model_copy(update={"strict_floors": strict}), evidence)
+    assert decision.outcome == outcome, decision.reasons
+    assert any(r.startswith(reason) for r in decision.reasons), decision.reasons
+
+
 def test_rejection_lists_every_failed_rule() -> None:
     evidence = Evidence(
         challenger=_m(pr_auc=0.2, roc_auc=0.7, log_loss=0.2),
