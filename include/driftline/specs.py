@@ -105,6 +105,15 @@ class ValidationSpec(_Strict):
     # a column added upstream to an entity partition: a recorded warning (training ignores
     # it) or a blocking failure; a missing or retyped column always blocks
     on_new_columns: Literal["warn", "block"] = "warn"
+    # categorical feature -> category -> [low, high] share of rows, over the window and on
+    # every day (a feed that drops a channel for a day cannot hide in a month of good days)
+    category_shares: dict[
+        str,
+        dict[
+            str,
+            tuple[Annotated[float, Field(ge=0.0, le=1.0)], Annotated[float, Field(ge=0.0, le=1.0)]],
+        ],
+    ] = Field(default_factory=dict)
 
 
 class DriftSpec(_Strict):
@@ -281,6 +290,25 @@ def _rule_problems(spec: ModelSpec) -> list[str]:
     for name, (low, high) in spec.validation.ranges.items():
         if low > high:
             problems.append(f"validation.ranges.{name}: lower bound {low} is above upper {high}")
+    categorical = spec.categorical
+    for name, shares in spec.validation.category_shares.items():
+        if name not in categorical:
+            problems.append(
+                f"validation.category_shares.{name}: {name!r} is not a categorical feature "
+                f"of this model{_nearest(name, list(categorical))}"
+            )
+            continue
+        for category, (low, high) in shares.items():
+            if category not in categorical[name]:
+                problems.append(
+                    f"validation.category_shares.{name}.{category}: {category!r} is not a "
+                    f"declared category of {name}{_nearest(category, list(categorical[name]))}"
+                )
+            if low > high:
+                problems.append(
+                    f"validation.category_shares.{name}.{category}: lower bound {low} is "
+                    f"above upper {high}"
+                )
     low, high = spec.validation.label_rate
     if low >= high:
         problems.append(f"validation.label_rate: lower bound {low} is not below upper {high}")

@@ -256,6 +256,17 @@ def _frame_checks(
             f"one of the {len(allowed)} declared categories",
         )
 
+    for name, shares in spec.validation.category_shares.items():
+        values = frame[name].astype("string")
+        for category, (low, high) in sorted(shares.items()):
+            hits = (values == category).fillna(False)
+            share = float(hits.mean()) if len(hits) else 0.0
+            bounds = f"within [{low}, {high}]"
+            rule = f"category_share[{name}={category}]"
+            checks.add(rule, low <= share <= high, share, f"share of rows {bounds}")
+            broken = _days_beyond(hits, days, low=low, high=high) if len(hits) else []
+            _day_check(checks, rule, broken, bounds)
+
     for name, (low, high) in spec.validation.ranges.items():
         if name not in frame.columns or not _is_numeric(frame[name]):
             continue

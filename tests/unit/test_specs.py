@@ -156,6 +156,20 @@ def _validation(**changes: object) -> dict:
             "validation.label_rate: lower bound 0.08 is not below upper 0.003",
         ),
         ({"validation": _validation(label_rate=[0.0, 1.5])}, "validation.label_rate.1"),
+        (
+            {"validation": _validation(category_shares={"chanel": {"online": [0.1, 0.5]}})},
+            "validation.category_shares.chanel: 'chanel' is not a categorical feature of this "
+            "model (nearest valid name: 'channel')",
+        ),
+        (
+            {"validation": _validation(category_shares={"channel": {"onlin": [0.1, 0.5]}})},
+            "validation.category_shares.channel.onlin: 'onlin' is not a declared category of "
+            "channel (nearest valid name: 'online')",
+        ),
+        (
+            {"validation": _validation(category_shares={"channel": {"online": [0.6, 0.1]}})},
+            "validation.category_shares.channel.online: lower bound 0.6 is above upper 0.1",
+        ),
         ({"validation": _validation(max_null_rate={"default": 2})}, "max_null_rate.default"),
         (
             {"drift": {"numeric_method": "wasserstien"}},

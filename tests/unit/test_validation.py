@@ -169,6 +169,27 @@ def test_one_day_of_broken_labels_cannot_hide_in_a_good_window(good: pd.DataFram
     assert failed.observed == [failed.observed[0]] and failed.observed[0].startswith(day)
 
 
+def test_one_day_without_a_channel_cannot_hide_in_a_good_window(good: pd.DataFrame) -> None:
+    on_day, day = _one_day(good)
+    broken = good.copy()
+    # an upstream bug maps one day's online transactions to chip
+    broken.loc[on_day & (broken["channel"] == "online"), "channel"] = "chip"
+    report = _run(broken)
+    low, high = SPEC.validation.category_shares["channel"]["online"]
+    assert low <= (broken["channel"] == "online").mean() <= high
+    assert _failed(report) == {"training.category_share[channel=online].per_day"}
+    [failed] = report.failed
+    assert failed.observed == [failed.observed[0]] and failed.observed[0].startswith(f"{day}: 0 (")
+
+
+def test_a_window_share_out_of_bounds_fails_the_window_rule(good: pd.DataFrame) -> None:
+    flooded = good.copy()
+    flooded.loc[flooded.index[::2], "channel"] = "online"  # about 0.63 online everywhere
+    failed = _failed(_run(flooded))
+    assert "training.category_share[channel=online]" in failed
+    assert "training.category_share[channel=online].per_day" in failed
+
+
 def test_per_day_rules_tolerate_ordinary_daily_noise(good: pd.DataFrame) -> None:
     # the good window's daily label rates range widely on ~550 rows a day; none is flagged
     rates = good.groupby(good["event_timestamp"].dt.date)["is_fraud"].mean()
