@@ -57,6 +57,8 @@ def configure(settings: Settings | None = None) -> str:
 
 # MLflow error codes of an answer that may well be different on a retry
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
+# MLflow error codes of a request the server refused for who sent it
+_REFUSED_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -100,9 +102,18 @@ def reaching(settings: Settings | None = None) -> Iterator[None]:
     except DriftlineError:
         raise
     except Exception as exc:
+        uri = (settings or get_settings()).mlflow_tracking_uri
+        if getattr(exc, "error_code", None) in _REFUSED_CODES:
+            # a closed server (basic-auth app) refusing the workers' account: configuration,
+            # not an outage; retrying with the same credentials cannot help
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "no user"
+            raise InvalidInput(
+                f"MLflow at {uri} refused the request as {user!r} ({exc.error_code}): set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD to the workers' account "
+                "(`driftline mlflow-account` creates it)"
+            ) from exc
         if not _unreachable(exc):
             raise
-        uri = (settings or get_settings()).mlflow_tracking_uri
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise Unavailable(
             f"MLflow registry unreachable at {uri} (MLFLOW_TRACKING_URI): {detail}"
