@@ -16,14 +16,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 AIRFLOW__FAB__CUSTOM_ROLES="$(cat "$here/fab-roles.json")" airflow sync-perm
 
+# --password=...: a generated password may start with "-", which argparse would take for an option
 account() {
   local username="$1" role="$2" password="$3" created
   created="$(airflow users create --username "$username" --role "$role" \
     --firstname "$username" --lastname driftline --email "$username@driftline.invalid" \
-    --password "$password")"
+    --password="$password")"
   echo "$created"
   if [[ "$created" == *"already exists"* ]]; then
-    airflow users reset-password --username "$username" --password "$password"
+    airflow users reset-password --username "$username" --password="$password"
   fi
 }
 

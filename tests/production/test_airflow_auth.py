@@ -37,15 +37,17 @@ from tests.production.conftest import create_databases, drop_databases, pg_url, 
 INIT_AUTH = REPO_ROOT / "deploy" / "airflow" / "init-auth.sh"
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 DAG_ID = "auth_probe"
+ASSET = "drift://auth_probe"
+CHROMIUM = "/usr/bin/chromium"
 PROBE_DAG = f"""
 from datetime import datetime, timezone
 
-from airflow.sdk import dag, task
+from airflow.sdk import Asset, dag, task
 
 
 @dag(schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False)
 def {DAG_ID}():
-    @task
+    @task(outlets=[Asset("{ASSET}")])
     def noop() -> None:
         pass
 
@@ -117,7 +119,8 @@ def fab_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabAirflow
     (root / "dags" / f"{DAG_ID}.py").write_text(PROBE_DAG)
     database = f"driftline_test_{uuid.uuid4().hex[:10]}_airflow"
     port = free_port()
-    passwords = {"admin": secrets.token_urlsafe(18), "operator": secrets.token_urlsafe(18)}
+    # one password starts with "-", as a generated one may (argparse must not take it for an option)
+    passwords = {"admin": secrets.token_urlsafe(18), "operator": "-" + secrets.token_urlsafe(18)}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -204,6 +207,11 @@ def test_operator_runs_dags_and_cannot_administer(fab_airflow: FabAirflow) -> No
         status, dag = server.call("PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": paused})
         assert status == 200 and dag["is_paused"] is paused, dag
     assert server.call("GET", f"{run_path}/taskInstances", token)[0] == 200
+    # a drift event from outside, as an operator sends one (README: drift events over REST)
+    status, assets = server.call("GET", "/api/v2/assets", token)
+    asset_id = next(a["id"] for a in assets["assets"] if a["name"] == ASSET)
+    status, event = server.call("POST", "/api/v2/assets/events", token, {"asset_id": asset_id})
+    assert status == 200, event
 
     refused = {
         ("GET", "/api/v2/connections"): None,
@@ -242,3 +250,38 @@ def test_no_token_no_access_and_a_wrong_password_gets_no_token(fab_airflow: FabA
         "POST", "/auth/token", body={"username": "operator", "password": "not-the-password"}
     )
     assert status == 401
+
+
+@pytest.mark.browser
+def test_operator_logs_in_to_the_ui_and_sees_the_dag(fab_airflow: FabAirflow) -> None:
+    if not Path(CHROMIUM).exists():
+        message = f"Debian's chromium is not installed ({CHROMIUM}); apt-get install chromium"
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"REQUIRE_SERVICES=1 but {message}")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    server = fab_airflow
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{server.url}/auth/login/")
+            page.fill("input[name=username]", "operator")
+            page.fill("input[name=password]", "not-the-password")
+            page.locator("input[type=submit], button[type=submit]").first.click()
+            page.wait_for_load_state("networkidle", timeout=60_000)
+            assert "/auth/login" in page.url, page.url  # a wrong password stays out
+
+            page.fill("input[name=username]", "operator")
+            page.fill("input[name=password]", server.passwords["operator"])
+            page.locator("input[type=submit], button[type=submit]").first.click()
+            page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
+            page.goto(f"{server.url}/dags/{DAG_ID}")
+            page.get_by_text(DAG_ID).first.wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=str(server.log.with_name("operator-ui.png")))
+            browser.close()
