@@ -139,7 +139,8 @@ def fab_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabAirflow
         "AIRFLOW_ADMIN_PASSWORD": passwords["admin"],
         "AIRFLOW_OPERATOR_PASSWORD": passwords["operator"],
     }
-    server = FabAirflow(f"http://127.0.0.1:{port}", passwords, root / "api-server.log")
+    # the base URL: the UI sends the browser there after the login, with the cookie for it
+    server = FabAirflow(f"http://localhost:{port}", passwords, root / "api-server.log")
     create_databases([database])
     process = None
     try:
