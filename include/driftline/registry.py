@@ -169,13 +169,20 @@ def alias_version(model: str, alias: str, settings: Settings | None = None) -> s
     """The version an alias points at, or None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        with reaching(settings):
-            return str(client(settings).get_model_version_by_alias(model, alias).version)
-    except MlflowException as exc:
-        if _not_found(exc):
-            return None
-        raise
+    with reaching(settings):
+        mlflow_client = client(settings)
+        try:
+            return str(mlflow_client.get_model_version_by_alias(model, alias).version)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            # MLflow's basic-auth app answers 403, not 404, for a model that does not exist
+            # yet (it cannot find the model to check the permission on): ask whether it does
+            if exc.error_code == "PERMISSION_DENIED" and not mlflow_client.search_registered_models(
+                filter_string=f"name = '{model}'", max_results=1
+            ):
+                return None
+            raise
 
 
 def set_alias(

@@ -187,6 +187,8 @@ def test_without_the_workers_account_nothing_is_registered_and_no_alias_moves(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", workers[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", workers[1])
 
+    # before the first registration: no champion (the auth app says 403 for a missing model)
+    assert registry.alias_version(MODEL, registry.CHAMPION) is None
     started = time.monotonic()
     v1 = _train_like()
     result = promote(
