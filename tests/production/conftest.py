@@ -1,6 +1,7 @@
 """The production profile, natively: the same stack as docker-compose.yaml, as processes on
 this machine's PostgreSQL and Redis. Airflow metadata on PostgreSQL with the LocalExecutor,
-an MLflow tracking server on PostgreSQL reached over HTTP, Feast with the SQL registry and
+an MLflow tracking server on PostgreSQL reached over HTTP and closed by MLflow's basic-auth
+app (the workers' account made as airflow-init makes it), Feast with the SQL registry and
 the Redis online store, the monitoring store on PostgreSQL.
 
 Each run creates uniquely named databases and a unique Feast project (its Redis keys carry
@@ -128,6 +129,19 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
             home.mkdir()
             isolate_environment(patch, home)
             mlflow_port = free_port()
+            # MLflow closed as compose closes it (basic-auth app, the workers' own account);
+            # every secret generated for this run
+            import secrets
+
+            for key, value in {
+                "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+                "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
+                "MLFLOW_AUTH_CONFIG_PATH": str(home / "mlflow-basic-auth.ini"),
+                "MLFLOW_TRACKING_USERNAME": "driftline",
+                "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+            }.items():
+                patch.setenv(key, value)
             # a spec without cooldown, so each event of the tests starts its own retrain
             models = home / "models"
             models.mkdir()
@@ -160,6 +174,7 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
                 # its 28-day window starts on day 9: past the world's warm-up week
                 days=44,
                 mlflow_server=(pg_url(databases["mlflow"], "psycopg2"), str(home / "mlartifacts")),
+                mlflow_basic_auth=True,
             )
             yield Production(stack, run_id, databases, project)
     finally:
