@@ -19,6 +19,8 @@ _ISOLATED = (
     "AIRFLOW__CORE__DAGS_FOLDER",
     "AIRFLOW__CORE__PLUGINS_FOLDER",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 )
 
 # A small world that still has every feature populated.

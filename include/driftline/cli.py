@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from datetime import UTC, datetime, timedelta
@@ -468,6 +469,28 @@ def new_env(
 
     target = write_new_env(example, out)
     typer.echo(f"wrote {target} (0600); review the non-secret values before `docker compose up`")
+
+
+@app.command("mlflow-account")
+def mlflow_account() -> None:
+    """Create the workers' account on a basic-auth MLflow server, or set its password.
+
+    As MLFLOW_AUTH_ADMIN_USERNAME (default admin) / MLFLOW_AUTH_ADMIN_PASSWORD, for the
+    account MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on MLFLOW_TRACKING_URI.
+    """
+    from driftline.mlflow_auth import ensure_account
+
+    admin_password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")
+    if not admin_password:
+        _fail("MLFLOW_AUTH_ADMIN_PASSWORD is not set (MLFLOW_ADMIN_PASSWORD in .env)")
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    outcome = ensure_account(
+        get_settings().mlflow_tracking_uri,
+        admin=(os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin", admin_password),
+        username=username,
+        password=os.environ.get("MLFLOW_TRACKING_PASSWORD", ""),
+    )
+    typer.echo(f"MLflow account {username!r} {outcome}")
 
 
 @app.command()

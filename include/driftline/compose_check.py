@@ -188,7 +188,36 @@ def problems(compose_file: Path, env_example: Path) -> list[str]:
         for credential in _URL_CREDENTIALS.findall(value):
             if not _VARIABLE.fullmatch(credential):
                 found.append(f"{path} has a literal password in a URL; take it from .env")
-    return found + security_problems(compose, text)
+    return found + security_problems(compose, text) + access_problems(services)
+
+
+def access_problems(services: dict[str, Any]) -> list[str]:
+    """Nothing open: a production auth manager for Airflow, MLflow behind its basic-auth app
+    (deploy/mlflow/start-mlflow.sh runs it) and published on the host's loopback at most."""
+    found = []
+    for name, service in services.items():
+        manager = str((service.get("environment") or {}).get("AIRFLOW__CORE__AUTH_MANAGER", ""))
+        if "SimpleAuthManager" in manager:
+            found.append(
+                f"service {name!r} runs Airflow's SimpleAuthManager, which Airflow documents as "
+                "for development; use the FAB auth manager"
+            )
+    mlflow = services.get("mlflow") or {}
+    command = mlflow.get("command") or []
+    command = command if isinstance(command, list) else command.split()
+    if not {"basic-auth", "/opt/driftline-deploy/start-mlflow.sh"} & set(map(str, command)):
+        found.append(
+            "service 'mlflow' does not run MLflow's basic-auth app (--app-name basic-auth)"
+        )
+    if "*" in map(str, command):
+        found.append("service 'mlflow' allows every Host header (--allowed-hosts '*')")
+    for port in mlflow.get("ports") or []:
+        if not str(port).startswith("127.0.0.1:"):
+            found.append(
+                f"service 'mlflow' publishes {port!r} beyond this host; bind it to 127.0.0.1 "
+                "(or put a TLS proxy in front)"
+            )
+    return found
 
 
 def compose_config(compose_file: Path, env_example: Path) -> tuple[bool, str]:

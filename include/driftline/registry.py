@@ -57,6 +57,8 @@ def configure(settings: Settings | None = None) -> str:
 
 # MLflow error codes of an answer that may well be different on a retry
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
+# MLflow error codes of a request the server refused for who sent it
+_REFUSED_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -100,9 +102,18 @@ def reaching(settings: Settings | None = None) -> Iterator[None]:
     except DriftlineError:
         raise
     except Exception as exc:
+        uri = (settings or get_settings()).mlflow_tracking_uri
+        if getattr(exc, "error_code", None) in _REFUSED_CODES:
+            # a closed server (basic-auth app) refusing the workers' account: configuration,
+            # not an outage; retrying with the same credentials cannot help
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "no user"
+            raise InvalidInput(
+                f"MLflow at {uri} refused the request as {user!r} ({exc.error_code}): set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD to the workers' account "
+                "(`driftline mlflow-account` creates it)"
+            ) from exc
         if not _unreachable(exc):
             raise
-        uri = (settings or get_settings()).mlflow_tracking_uri
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise Unavailable(
             f"MLflow registry unreachable at {uri} (MLFLOW_TRACKING_URI): {detail}"
@@ -158,13 +169,20 @@ def alias_version(model: str, alias: str, settings: Settings | None = None) -> s
     """The version an alias points at, or None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        with reaching(settings):
-            return str(client(settings).get_model_version_by_alias(model, alias).version)
-    except MlflowException as exc:
-        if _not_found(exc):
-            return None
-        raise
+    with reaching(settings):
+        mlflow_client = client(settings)
+        try:
+            return str(mlflow_client.get_model_version_by_alias(model, alias).version)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            # MLflow's basic-auth app answers 403, not 404, for a model that does not exist
+            # yet (it cannot find the model to check the permission on): ask whether it does
+            if exc.error_code == "PERMISSION_DENIED" and not mlflow_client.search_registered_models(
+                filter_string=f"name = '{model}'", max_results=1
+            ):
+                return None
+            raise
 
 
 def set_alias(

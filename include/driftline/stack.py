@@ -34,7 +34,7 @@ from typing import Any
 
 from driftline.errors import DriftlineError
 from driftline.files import write_json
-from driftline.settings import Settings, get_settings
+from driftline.settings import REPO_ROOT, Settings, get_settings
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # With AIRFLOW__CORE__EXECUTOR=CeleryExecutor the stack also runs Celery workers, as compose
@@ -134,6 +134,9 @@ class Stack:
     # production profile: the MLflow process is the tracking server itself (backend store
     # URL, artifact destination); clients reach it through MLFLOW_TRACKING_URI over HTTP
     mlflow_server: tuple[str, str] | None = None
+    # ... closed as compose closes it: MLflow's basic-auth app (deploy/mlflow/start-mlflow.sh,
+    # its admin password, CSRF key and allowed hosts from the environment)
+    mlflow_basic_auth: bool = False
     # ports Airflow's processes open beside the API (log servers, scheduler health check);
     # chosen once per stack, see side_ports()
     _side_ports: dict[str, int] = field(default_factory=dict, repr=False)
@@ -421,7 +424,18 @@ class Stack:
 
     def mlflow_command(self) -> list[str]:
         command = [str(Path(sys.executable).with_name("mlflow")), "server"]
-        if self.mlflow_server:
+        if self.mlflow_server and self.mlflow_basic_auth:
+            backend, artifacts = self.mlflow_server
+            command = [
+                "env",
+                f"MLFLOW_BACKEND_STORE_URI={backend}",
+                "bash",
+                str(REPO_ROOT / "deploy" / "mlflow" / "start-mlflow.sh"),
+                "--artifacts-destination",
+                artifacts,
+                "--serve-artifacts",
+            ]
+        elif self.mlflow_server:
             backend, artifacts = self.mlflow_server
             command += [
                 "--backend-store-uri",
@@ -620,6 +634,7 @@ def up(
     timeout: float = 900,
     extra_env: dict[str, str] | None = None,
     mlflow_server: tuple[str, str] | None = None,
+    mlflow_basic_auth: bool = False,
     say: Any = print,
 ) -> Stack:
     """Bring the stack up from nothing, or confirm it is up. Safe to run twice.
@@ -641,6 +656,7 @@ def up(
         # `make up` unpauses every DAG (and so starts the drift watcher)
         extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", **(extra_env or {})},
         mlflow_server=mlflow_server,
+        mlflow_basic_auth=mlflow_basic_auth,
     )
     for message in stack.stale_records():
         say(f"stale record in {stack.state_file}: {message}")
@@ -690,6 +706,20 @@ def up(
     stack.start()
     try:
         stack.wait_healthy(timeout=timeout)
+        if mlflow_basic_auth:
+            # what airflow-init does: the workers' account, before any task reaches MLflow
+            from driftline.mlflow_auth import ensure_account
+
+            outcome = ensure_account(
+                settings.mlflow_tracking_uri,
+                admin=(
+                    os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin",
+                    os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
+                ),
+                username=os.environ.get("MLFLOW_TRACKING_USERNAME", ""),
+                password=os.environ.get("MLFLOW_TRACKING_PASSWORD", ""),
+            )
+            say(f"      MLflow workers' account {outcome}")
         token = stack.token("admin")
         _wait_for_dags(
             stack,

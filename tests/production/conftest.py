@@ -1,7 +1,8 @@
 """The production profile, natively: the same stack as docker-compose.yaml, as processes on
 this machine's PostgreSQL and Redis. Airflow metadata on PostgreSQL with the CeleryExecutor
-(Redis broker, two Celery worker processes),
-an MLflow tracking server on PostgreSQL reached over HTTP, Feast with the SQL registry and
+(Redis broker, two Celery worker processes), an MLflow tracking server on PostgreSQL reached
+over HTTP and closed by MLflow's basic-auth app (the workers' account made as airflow-init
+makes it), Feast with the SQL registry and
 the Redis online store, the monitoring store on PostgreSQL.
 
 The databases and roles come from the compose file's own init script
@@ -183,6 +184,19 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
             home.mkdir()
             isolate_environment(patch, home)
             mlflow_port = free_port()
+            # MLflow closed as compose closes it (basic-auth app, the workers' own account);
+            # every secret generated for this run
+            import secrets
+
+            for key, value in {
+                "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+                "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
+                "MLFLOW_AUTH_CONFIG_PATH": str(home / "mlflow-basic-auth.ini"),
+                "MLFLOW_TRACKING_USERNAME": "driftline",
+                "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+            }.items():
+                patch.setenv(key, value)
             # a spec without cooldown, so each event of the tests starts its own retrain
             models = home / "models"
             models.mkdir()
@@ -236,6 +250,7 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
                     pg_url(databases["mlflow"], "psycopg2", roles["mlflow"]),
                     str(home / "mlartifacts"),
                 ),
+                mlflow_basic_auth=True,
             )
             from driftline.monitoring import grant_event_writer
 

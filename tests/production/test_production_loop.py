@@ -7,6 +7,8 @@ import contextlib
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -48,6 +50,17 @@ def test_the_loop_runs_on_postgres_redis_and_an_mlflow_server(production: Produc
     champion = registry.alias_version(MODEL, registry.CHAMPION)
     version = registry.version_info(MODEL, champion)
     assert version.tags["validation"] == "passed" and version.tags["decision"] == "promoted"
+    # ... from a closed server: without the workers' account the alias does not move
+    anonymous = urllib.request.Request(
+        f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/registered-models/alias",
+        method="POST",
+        data=json.dumps({"name": MODEL, "alias": registry.CHAMPION, "version": "1"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 401
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
     # online features, served from Redis under this run's Feast project
     store = get_store()
     assert store.config.online_store.type == "redis"
