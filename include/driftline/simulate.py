@@ -40,6 +40,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from driftline.airflow_rest import AirflowRest, generated_world
 from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.settings import Settings, get_settings
 
@@ -182,79 +183,10 @@ class Driver:
     settings: Settings
     say: Callable[[str], None] = print
     timeout: float = 1200
-    token: str = ""
     days: list[dict[str, Any]] = field(default_factory=list)
 
-    def _api(self, method: str, path: str, body: Any = None) -> Any:
-        for attempt in range(4):  # a busy SQLite metadata DB answers 500; nothing was done
-            try:
-                status, answer = self.stack.api(method, path, body, token=self.token)
-            except OSError as exc:
-                raise Unavailable(f"the Airflow API at {self.stack.url} failed: {exc}") from None
-            if status == 401:
-                self.token = self.stack.token("admin")
-                continue
-            if status < 500:
-                break
-            time.sleep(3 * (attempt + 1))
-        if status >= 300:
-            raise Unavailable(f"{method} {path} answered {status}: {answer}")
-        return answer
-
-    def _trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._api(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
-        )
-        return run["dag_run_id"]
-
-    def _wait(self, what: str, probe: Callable[[], Any], timeout: float | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(2)
-        raise Unavailable(f"timed out after {timeout or self.timeout:.0f} s waiting for {what}")
-
-    def _finished(self, dag_id: str, run_id: str) -> str:
-        def probe() -> str | None:
-            state = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            return state if state in ("success", "failed") else None
-
-        return self._wait(f"{dag_id} run {run_id}", probe)
-
-    def _tasks(self, dag_id: str, run_id: str) -> dict[str, str]:
-        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
-
-    def _runs(self, dag_id: str) -> list[dict[str, Any]]:
-        path = f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after"
-        return self._api("GET", path)["dag_runs"]
-
-    def _new_run_probe(
-        self, dag_id: str, known: set[str], run_type: str
-    ) -> Callable[[], dict[str, Any] | None]:
-        def probe() -> dict[str, Any] | None:
-            return next(
-                (
-                    r
-                    for r in self._runs(dag_id)
-                    if r["dag_run_id"] not in known and r["run_type"] == run_type
-                ),
-                None,
-            )
-
-        return probe
-
-    def _world(self) -> dict[str, int]:
-        from driftline import offline
-
-        manifest = offline.read_manifest(self.settings.offline_dir) or {}
-        return {
-            "seed": manifest.get("seed", 42),
-            "n_cards": manifest.get("cards", 2000),
-            "n_merchants": manifest.get("merchants", 300),
-        }
+    def __post_init__(self) -> None:
+        self.rest = AirflowRest(self.stack, error=Unavailable, timeout=self.timeout)
 
     def _retrain_record(self, run_id: str, trigger: str, state: str) -> dict[str, Any]:
         from driftline import monitoring
@@ -268,7 +200,7 @@ class Driver:
             ),
             None,
         )
-        tasks = self._tasks(f"{model}_retrain", run_id)
+        tasks = self.rest.tasks(f"{model}_retrain", run_id)
         events = [
             {"id": e["id"], "status": e["status"], "reason": e["status_reason"]}
             for e in monitoring.drift_event_log(
@@ -306,9 +238,10 @@ class Driver:
 
         model = self.timeline.model
         spec = load_spec(model, self.settings.models_dir)
-        self.token = self.token or self.stack.token("admin")
-        self._api("GET", f"/api/v2/dags/{model}_retrain")  # the model's DAGs exist
-        world = self._world()
+        rest = self.rest
+        rest.token = rest.token or self.stack.token("admin")
+        rest.api("GET", f"/api/v2/dags/{model}_retrain")  # the model's DAGs exist
+        world = generated_world(self.settings.offline_dir)
         scenarios = self.timeline.scenarios()
         for index, scenario in enumerate(scenarios):
             serving = registry.alias_version(model, registry.CHAMPION, self.settings)
@@ -322,15 +255,15 @@ class Driver:
             )
             day = generated.days[0]
             as_of = _midnight(day) + timedelta(days=1)
-            retrains_before = {r["dag_run_id"] for r in self._runs(f"{model}_retrain")}
+            retrains_before = {r["dag_run_id"] for r in rest.runs(f"{model}_retrain")}
             # the drift monitor reads the offline store, not the online one: run both at once
-            materialize = self._trigger(
+            materialize = rest.trigger(
                 "feature_materialization",
                 {"start": day.isoformat(), "end": as_of.date().isoformat()},
             )
-            monitor = self._trigger(f"{model}_drift_monitor", {"as_of": as_of.date().isoformat()})
-            materialized = self._finished("feature_materialization", materialize)
-            monitored = self._finished(f"{model}_drift_monitor", monitor)
+            monitor = rest.trigger(f"{model}_drift_monitor", {"as_of": as_of.date().isoformat()})
+            materialized = rest.finished("feature_materialization", materialize)["state"]
+            monitored = rest.finished(f"{model}_drift_monitor", monitor)["state"]
             report = next(
                 (
                     r
@@ -341,25 +274,27 @@ class Driver:
                 ),
                 None,
             )
-            announced = self._tasks(f"{model}_drift_monitor", monitor).get("announce_drift")
+            announced = rest.tasks(f"{model}_drift_monitor", monitor).get("announce_drift")
             retrains = []
             if announced == "success":
-                run = self._wait(
-                    f"the retrain the drift asset starts after {day}",
-                    self._new_run_probe(f"{model}_retrain", retrains_before, "asset_triggered"),
+                run = rest.new_run(
+                    f"{model}_retrain",
+                    retrains_before,
+                    "asset_triggered",
+                    what=f"the retrain the drift asset starts after {day}",
                     timeout=300,
                 )
-                state = self._finished(f"{model}_retrain", run["dag_run_id"])
+                state = rest.finished(f"{model}_retrain", run["dag_run_id"])["state"]
                 retrains.append(self._retrain_record(run["dag_run_id"], "drift", state))
             if self.timeline.weekly_retrain and weekly_due(spec.schedule.retrain, as_of):
-                run_id = self._trigger(
+                run_id = rest.trigger(
                     f"{model}_retrain",
                     {
                         "end_date": as_of.date().isoformat(),
                         "reason": f"simulate {self.timeline.name}: weekly retrain due {as_of:%Y-%m-%d}",
                     },
                 )
-                state = self._finished(f"{model}_retrain", run_id)
+                state = rest.finished(f"{model}_retrain", run_id)["state"]
                 retrains.append(self._retrain_record(run_id, "weekly", state))
             record = {
                 "day": day.isoformat(),
