@@ -639,25 +639,77 @@ def simulate_with_spec(
             if stack is not None:
                 stack.stop()
     result["spec"] = str(spec_path)
+    result["spec_values"] = spec.model_dump(mode="json", exclude={"source"})
     return result
 
 
-def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """What changes from the first spec to the second: decisions and quality."""
-    first, second = (r["summary"] for r in results[:2])
-    keys = ("retrains", "promotions", "rejections", "skipped_by_cooldown", "drift_verdicts")
-    difference: dict[str, Any] = {key: second[key] - first[key] for key in keys}
-    for name in ("driftline",):
-        a = first["post_drift_mean_pr_auc"].get(name)
-        b = second["post_drift_mean_pr_auc"].get(name)
-        difference[f"post_drift_mean_pr_auc_{name}"] = (
-            round(b - a, 4) if a is not None and b is not None else None
-        )
-    recover = (first.get("days_to_recover"), second.get("days_to_recover"))
-    difference["days_to_recover"] = (
-        recover[1] - recover[0] if all(isinstance(v, int) for v in recover) else list(recover)
+# what an operator weighs when choosing between two specs, in the order the report shows it
+COMPARED_FIGURES = (
+    "drift_verdicts",
+    "days_to_detect",
+    "retrains",
+    "promotions",
+    "rejections",
+    "skipped_by_cooldown",
+    "failed_retrains",
+    "days_to_recover",
+    "post_drift_mean_pr_auc_driftline",
+    "post_drift_mean_pr_auc_first_champion",
+    "post_drift_mean_pr_auc_oracle",
+    "post_drift_mean_pr_auc_gain_over_never_retrained",
+)
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    means = summary["post_drift_mean_pr_auc"]
+    gain = (
+        round(means["driftline"] - means["first_champion"], 4)
+        if means.get("driftline") is not None and means.get("first_champion") is not None
+        else None
     )
-    return {"specs": [r["spec"] for r in results], "second_minus_first": difference}
+    flat = {f"post_drift_mean_pr_auc_{name}": value for name, value in means.items()}
+    flat["post_drift_mean_pr_auc_gain_over_never_retrained"] = gain
+    return {key: {**summary, **flat}.get(key) for key in COMPARED_FIGURES}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def spec_changes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, list[Any]]:
+    """Every spec value the second spec sets differently, by dotted key: [first, second]."""
+    a, b = _flatten(first), _flatten(second)
+    return {
+        key: [a.get(key), b.get(key)]
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key)
+    }
+
+
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What changes from the first spec to the second: the spec values, the decisions and the
+    quality. ``side_by_side`` holds each figure per spec, ``second_minus_first`` the numeric
+    difference (both values when one is not a number, e.g. "not within the timeline")."""
+    first, second = (_figures(r["summary"]) for r in results[:2])
+    difference: dict[str, Any] = {}
+    for key in COMPARED_FIGURES:
+        a, b = first[key], second[key]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+        difference[key] = round(b - a, 4) if numbers else [a, b]
+    comparison: dict[str, Any] = {"specs": [r["spec"] for r in results[:2]]}
+    if all("spec_values" in r for r in results[:2]):
+        comparison["spec_changes"] = spec_changes(
+            results[0]["spec_values"], results[1]["spec_values"]
+        )
+    comparison["side_by_side"] = {key: [first[key], second[key]] for key in COMPARED_FIGURES}
+    comparison["second_minus_first"] = difference
+    return comparison
 
 
 def simulate(
