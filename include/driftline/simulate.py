@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from driftline.airflow_rest import AirflowRest, generated_world
+from driftline.clock import newest_day
 from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.settings import Settings, get_settings
 
@@ -526,6 +527,16 @@ def simulate_on(
         raise InvalidInput(
             f"{timeline.model} has no champion in {settings.home}; `make up` trains one"
         )
+    newest = newest_day(settings.offline_dir, "transactions")
+    today = datetime.now(UTC).date()
+    if newest is not None and newest + timedelta(days=timeline.days) >= today:
+        raise InvalidInput(
+            f"{timeline.source}: {timeline.days} simulated days after the newest data "
+            f"({newest}) would reach {newest + timedelta(days=timeline.days)}, today or later; "
+            "a run's as-of is capped at the newest day of data and a drift-started run's "
+            "reference is the wall clock, so the calendar must stay behind it: use a shorter "
+            "timeline or --spec (a fresh stack whose world ends early enough)"
+        )
     started = time.monotonic()
     days = Driver(stack=stack, timeline=timeline, settings=settings, say=say).run()
     score_days(timeline.model, days, first, settings, say=say)
@@ -603,12 +614,15 @@ def simulate_with_spec(
         stack = None
         try:
             say(f"starting a stack for {spec_path} in {home}")
-            # the world ends yesterday (`make up` leaves ten days of room for the demo), so
-            # even a spec with a short holdout finds labeled days for its first champion
+            # the world ends the timeline's length before today, so every simulated day lies
+            # in the past: a run's as-of is its reference time capped at the newest day of
+            # data (driftline.clock), and a drift-started run's reference is the wall clock;
+            # with the calendar behind it, the cap makes every trigger's as-of the simulated
+            # day's, as it would be live
             generate(
                 offline_dir=get_settings().offline_dir,
                 days=world.history_days,
-                today=datetime.now(UTC).date(),
+                today=datetime.now(UTC).date() - timedelta(days=timeline.days),
                 seed=world.seed,
                 n_cards=world.n_cards,
                 n_merchants=world.n_merchants,
