@@ -515,6 +515,27 @@ def running_stack(settings: Settings) -> Any:
     return stack
 
 
+def check_calendar(timeline: Timeline, settings: Settings) -> None:
+    """The timeline's days, appended after the newest data, must all lie before today.
+
+    A run's as-of is its reference time capped at the newest day of data (driftline.clock)
+    and a drift-started run's reference is the wall clock: only a calendar behind the wall
+    clock gives every trigger the simulated day's as-of.
+    """
+    newest = newest_day(settings.offline_dir, "transactions")
+    if newest is None:
+        return
+    last = newest + timedelta(days=timeline.days)
+    if last >= datetime.now(UTC).date():
+        raise InvalidInput(
+            f"{timeline.source}: {timeline.days} simulated days after the newest data "
+            f"({newest}) would reach {last}, today or later; the synthetic calendar must stay "
+            "behind the wall clock (a drift-started run's as-of is capped at the newest day of "
+            "data, its reference is now): use a shorter timeline, or --spec (a fresh stack "
+            "whose world ends early enough)"
+        )
+
+
 def simulate_on(
     stack: Any, timeline: Timeline, *, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -522,20 +543,11 @@ def simulate_on(
     from driftline import registry
 
     settings = stack.settings
+    check_calendar(timeline, settings)
     first = registry.alias_version(timeline.model, registry.CHAMPION, settings)
     if first is None:
         raise InvalidInput(
             f"{timeline.model} has no champion in {settings.home}; `make up` trains one"
-        )
-    newest = newest_day(settings.offline_dir, "transactions")
-    today = datetime.now(UTC).date()
-    if newest is not None and newest + timedelta(days=timeline.days) >= today:
-        raise InvalidInput(
-            f"{timeline.source}: {timeline.days} simulated days after the newest data "
-            f"({newest}) would reach {newest + timedelta(days=timeline.days)}, today or later; "
-            "a run's as-of is capped at the newest day of data and a drift-started run's "
-            "reference is the wall clock, so the calendar must stay behind it: use a shorter "
-            "timeline or --spec (a fresh stack whose world ends early enough)"
         )
     started = time.monotonic()
     days = Driver(stack=stack, timeline=timeline, settings=settings, say=say).run()
@@ -748,6 +760,7 @@ def simulate(
     settings = settings or get_settings()
     out = Path(out_dir) if out_dir else settings.runs_dir / "simulations" / timeline.name
     if not specs:
+        check_calendar(timeline, settings)
         result = simulate_on(running_stack(settings), timeline, say=say)
     else:
         runs = []

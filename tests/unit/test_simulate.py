@@ -281,3 +281,29 @@ def test_the_comparison_report_shows_what_spec_b_changes_and_both_runs(tmp_path:
     assert "<tr><td>drift.cooldown_hours</td><td>24</td><td>0</td></tr>" in page
     assert "<tr><td>promotions</td><td>0</td><td>0</td><td>0</td></tr>" in page
     assert "spec a.yaml" in page and "spec b.yaml" in page
+
+
+def test_a_timeline_that_would_reach_today_is_refused(driftline_home: Path, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from driftline.datagen import generate
+    from driftline.settings import get_settings
+    from driftline.simulate import check_calendar
+
+    today = datetime.now(UTC).date()
+    generate(offline_dir=get_settings().offline_dir, days=2, today=today - timedelta(days=9))
+    newest = today - timedelta(days=10)
+    fits = tmp_path / "fits.yaml"
+    fits.write_text(
+        "name: fits\nmodel: fraud_detection\nsegments: [{scenario: baseline, days: 9}]\n"
+    )
+    check_calendar(load_timeline(fits), get_settings())
+    too_long = tmp_path / "too_long.yaml"
+    too_long.write_text(
+        "name: too_long\nmodel: fraud_detection\nsegments: [{scenario: baseline, days: 10}]\n"
+    )
+    with pytest.raises(InvalidInput) as refused:
+        check_calendar(load_timeline(too_long), get_settings())
+    message = str(refused.value)
+    assert f"10 simulated days after the newest data ({newest}) would reach {today}" in message
+    assert "must stay behind the wall clock" in message
