@@ -15,13 +15,12 @@ behave as expected.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from driftline import monitoring, offline, registry
+from driftline.airflow_rest import AirflowRest, generated_world
 from driftline.datagen import generate
 from driftline.errors import DriftlineError
 from driftline.settings import Settings
@@ -60,45 +59,11 @@ class Demo:
         self.say = say
         self.steps: list[Step] = []
         self.rows: list[tuple[str, str, str]] = []
-        self.token = stack.token("admin")
-
-    # --- REST helpers ---------------------------------------------------------------------
-
-    def _api(self, method: str, path: str, body: Any = None) -> Any:
-        status, answer = self.stack.api(method, path, body, token=self.token)
-        if status >= 300:
-            raise DemoFailed(f"{method} {path} answered {status}: {answer}")
-        return answer
-
-    def _trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._api(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
+        self.rest = AirflowRest(
+            stack, error=DemoFailed, timeout=timeout, poll_seconds=3, token=stack.token("admin")
         )
-        return run["dag_run_id"]
 
-    def _wait(self, what: str, probe: Callable[[], Any], timeout: float | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(3)
-        raise DemoFailed(f"timed out waiting for {what}")
-
-    def _finished(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            run = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            return run if run["state"] in ("success", "failed") else None
-
-        return self._wait(f"{dag_id} run {run_id}", probe)
-
-    def _tasks(self, dag_id: str, run_id: str) -> dict[str, str]:
-        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
-
-    def _run_ids(self, dag_id: str) -> set[str]:
-        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after")
-        return {run["dag_run_id"] for run in body["dag_runs"]}
+    # --- registry ------------------------------------------------------------------------
 
     def _versions(self) -> list[str]:
         found = registry.client(self.settings).search_model_versions(f"name='{self.model}'")
@@ -143,13 +108,13 @@ class Demo:
             offline_dir=self.settings.offline_dir,
             scenario="covariate_shift",
             days=self.shift_days,
-            **self._world(),
+            **generated_world(self.settings.offline_dir),
         )
         states = []
         for day in result.days:
             window = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
-            run_id = self._trigger("feature_materialization", window)
-            states.append(self._finished("feature_materialization", run_id)["state"])
+            run_id = self.rest.trigger("feature_materialization", window)
+            states.append(self.rest.finished("feature_materialization", run_id)["state"])
         self._check(
             step, set(states) == {"success"}, f"{result.summary()}; materialization {states}"
         )
@@ -159,10 +124,10 @@ class Demo:
 
         step = self._step("drift detected", "the drift monitor's verdict drift, asset updated")
         as_of = (result.days[-1] + timedelta(days=1)).isoformat()
-        retrains_before = self._run_ids(f"{self.model}_retrain")
-        monitor_run = self._trigger(f"{self.model}_drift_monitor", {"as_of": as_of})
-        finished = self._finished(f"{self.model}_drift_monitor", monitor_run)
-        tasks = self._tasks(f"{self.model}_drift_monitor", monitor_run)
+        retrains_before = {r["dag_run_id"] for r in self.rest.runs(f"{self.model}_retrain")}
+        monitor_run = self.rest.trigger(f"{self.model}_drift_monitor", {"as_of": as_of})
+        finished = self.rest.finished(f"{self.model}_drift_monitor", monitor_run)
+        tasks = self.rest.tasks(f"{self.model}_drift_monitor", monitor_run)
         report = next(
             (
                 r
@@ -182,22 +147,14 @@ class Demo:
         step = self._step(
             "retrain through the drift asset", "an asset-triggered retrain that consumes the event"
         )
-        retrain = self._wait(
-            "the asset-triggered retrain",
-            lambda: next(
-                (
-                    r
-                    for r in self._api(
-                        "GET",
-                        f"/api/v2/dags/{self.model}_retrain/dagRuns?limit=100&order_by=-run_after",
-                    )["dag_runs"]
-                    if r["dag_run_id"] not in retrains_before and r["run_type"] == "asset_triggered"
-                ),
-                None,
-            ),
+        retrain = self.rest.new_run(
+            f"{self.model}_retrain",
+            retrains_before,
+            "asset_triggered",
+            what="the asset-triggered retrain",
             timeout=300,
         )
-        finished = self._finished(f"{self.model}_retrain", retrain["dag_run_id"])
+        finished = self.rest.finished(f"{self.model}_retrain", retrain["dag_run_id"])
         consumed = [
             e
             for e in monitoring.drift_event_log(self.model, url=url)
@@ -246,16 +203,21 @@ class Demo:
         )
         champion = registry.alias_version(self.model, registry.CHAMPION, self.settings)
         versions = self._versions()
-        bad = generate(offline_dir=self.settings.offline_dir, days=1, corrupt=True, **self._world())
-        run_id = self._trigger(
+        bad = generate(
+            offline_dir=self.settings.offline_dir,
+            days=1,
+            corrupt=True,
+            **generated_world(self.settings.offline_dir),
+        )
+        run_id = self.rest.trigger(
             f"{self.model}_retrain",
             {
                 "end_date": (bad.days[-1] + timedelta(days=1)).isoformat(),
                 "reason": "demo: corrupted batch",
             },
         )
-        finished = self._finished(f"{self.model}_retrain", run_id)
-        tasks = self._tasks(f"{self.model}_retrain", run_id)
+        finished = self.rest.finished(f"{self.model}_retrain", run_id)
+        tasks = self.rest.tasks(f"{self.model}_retrain", run_id)
         failed_checks = monitoring.validation_log(self.model, url=url)[0]["failed_checks"]
         after = registry.alias_version(self.model, registry.CHAMPION, self.settings)
         self._check(
@@ -286,14 +248,6 @@ class Demo:
         )
         self.rows.append(("quarantine", day.isoformat(), str(target)))
         self.rows.append(("champion", f"v{after}", "after the demo"))
-
-    def _world(self) -> dict[str, int]:
-        manifest = offline.read_manifest(self.settings.offline_dir) or {}
-        return {
-            "seed": manifest.get("seed", 42),
-            "n_cards": manifest.get("cards", 2000),
-            "n_merchants": manifest.get("merchants", 300),
-        }
 
     def table(self) -> str:
         width = max((len(a) for a, _, _ in self.rows), default=10)

@@ -40,6 +40,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from driftline.airflow_rest import AirflowRest, generated_world
+from driftline.clock import newest_day
 from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.settings import Settings, get_settings
 
@@ -182,79 +184,10 @@ class Driver:
     settings: Settings
     say: Callable[[str], None] = print
     timeout: float = 1200
-    token: str = ""
     days: list[dict[str, Any]] = field(default_factory=list)
 
-    def _api(self, method: str, path: str, body: Any = None) -> Any:
-        for attempt in range(4):  # a busy SQLite metadata DB answers 500; nothing was done
-            try:
-                status, answer = self.stack.api(method, path, body, token=self.token)
-            except OSError as exc:
-                raise Unavailable(f"the Airflow API at {self.stack.url} failed: {exc}") from None
-            if status == 401:
-                self.token = self.stack.token("admin")
-                continue
-            if status < 500:
-                break
-            time.sleep(3 * (attempt + 1))
-        if status >= 300:
-            raise Unavailable(f"{method} {path} answered {status}: {answer}")
-        return answer
-
-    def _trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._api(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
-        )
-        return run["dag_run_id"]
-
-    def _wait(self, what: str, probe: Callable[[], Any], timeout: float | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(2)
-        raise Unavailable(f"timed out after {timeout or self.timeout:.0f} s waiting for {what}")
-
-    def _finished(self, dag_id: str, run_id: str) -> str:
-        def probe() -> str | None:
-            state = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            return state if state in ("success", "failed") else None
-
-        return self._wait(f"{dag_id} run {run_id}", probe)
-
-    def _tasks(self, dag_id: str, run_id: str) -> dict[str, str]:
-        body = self._api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
-
-    def _runs(self, dag_id: str) -> list[dict[str, Any]]:
-        path = f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after"
-        return self._api("GET", path)["dag_runs"]
-
-    def _new_run_probe(
-        self, dag_id: str, known: set[str], run_type: str
-    ) -> Callable[[], dict[str, Any] | None]:
-        def probe() -> dict[str, Any] | None:
-            return next(
-                (
-                    r
-                    for r in self._runs(dag_id)
-                    if r["dag_run_id"] not in known and r["run_type"] == run_type
-                ),
-                None,
-            )
-
-        return probe
-
-    def _world(self) -> dict[str, int]:
-        from driftline import offline
-
-        manifest = offline.read_manifest(self.settings.offline_dir) or {}
-        return {
-            "seed": manifest.get("seed", 42),
-            "n_cards": manifest.get("cards", 2000),
-            "n_merchants": manifest.get("merchants", 300),
-        }
+    def __post_init__(self) -> None:
+        self.rest = AirflowRest(self.stack, error=Unavailable, timeout=self.timeout)
 
     def _retrain_record(self, run_id: str, trigger: str, state: str) -> dict[str, Any]:
         from driftline import monitoring
@@ -268,7 +201,7 @@ class Driver:
             ),
             None,
         )
-        tasks = self._tasks(f"{model}_retrain", run_id)
+        tasks = self.rest.tasks(f"{model}_retrain", run_id)
         events = [
             {"id": e["id"], "status": e["status"], "reason": e["status_reason"]}
             for e in monitoring.drift_event_log(
@@ -306,9 +239,10 @@ class Driver:
 
         model = self.timeline.model
         spec = load_spec(model, self.settings.models_dir)
-        self.token = self.token or self.stack.token("admin")
-        self._api("GET", f"/api/v2/dags/{model}_retrain")  # the model's DAGs exist
-        world = self._world()
+        rest = self.rest
+        rest.token = rest.token or self.stack.token("admin")
+        rest.api("GET", f"/api/v2/dags/{model}_retrain")  # the model's DAGs exist
+        world = generated_world(self.settings.offline_dir)
         scenarios = self.timeline.scenarios()
         for index, scenario in enumerate(scenarios):
             serving = registry.alias_version(model, registry.CHAMPION, self.settings)
@@ -322,15 +256,15 @@ class Driver:
             )
             day = generated.days[0]
             as_of = _midnight(day) + timedelta(days=1)
-            retrains_before = {r["dag_run_id"] for r in self._runs(f"{model}_retrain")}
+            retrains_before = {r["dag_run_id"] for r in rest.runs(f"{model}_retrain")}
             # the drift monitor reads the offline store, not the online one: run both at once
-            materialize = self._trigger(
+            materialize = rest.trigger(
                 "feature_materialization",
                 {"start": day.isoformat(), "end": as_of.date().isoformat()},
             )
-            monitor = self._trigger(f"{model}_drift_monitor", {"as_of": as_of.date().isoformat()})
-            materialized = self._finished("feature_materialization", materialize)
-            monitored = self._finished(f"{model}_drift_monitor", monitor)
+            monitor = rest.trigger(f"{model}_drift_monitor", {"as_of": as_of.date().isoformat()})
+            materialized = rest.finished("feature_materialization", materialize)["state"]
+            monitored = rest.finished(f"{model}_drift_monitor", monitor)["state"]
             report = next(
                 (
                     r
@@ -341,25 +275,27 @@ class Driver:
                 ),
                 None,
             )
-            announced = self._tasks(f"{model}_drift_monitor", monitor).get("announce_drift")
+            announced = rest.tasks(f"{model}_drift_monitor", monitor).get("announce_drift")
             retrains = []
             if announced == "success":
-                run = self._wait(
-                    f"the retrain the drift asset starts after {day}",
-                    self._new_run_probe(f"{model}_retrain", retrains_before, "asset_triggered"),
+                run = rest.new_run(
+                    f"{model}_retrain",
+                    retrains_before,
+                    "asset_triggered",
+                    what=f"the retrain the drift asset starts after {day}",
                     timeout=300,
                 )
-                state = self._finished(f"{model}_retrain", run["dag_run_id"])
+                state = rest.finished(f"{model}_retrain", run["dag_run_id"])["state"]
                 retrains.append(self._retrain_record(run["dag_run_id"], "drift", state))
             if self.timeline.weekly_retrain and weekly_due(spec.schedule.retrain, as_of):
-                run_id = self._trigger(
+                run_id = rest.trigger(
                     f"{model}_retrain",
                     {
                         "end_date": as_of.date().isoformat(),
                         "reason": f"simulate {self.timeline.name}: weekly retrain due {as_of:%Y-%m-%d}",
                     },
                 )
-                state = self._finished(f"{model}_retrain", run_id)
+                state = rest.finished(f"{model}_retrain", run_id)["state"]
                 retrains.append(self._retrain_record(run_id, "weekly", state))
             record = {
                 "day": day.isoformat(),
@@ -579,6 +515,27 @@ def running_stack(settings: Settings) -> Any:
     return stack
 
 
+def check_calendar(timeline: Timeline, settings: Settings) -> None:
+    """The timeline's days, appended after the newest data, must all lie before today.
+
+    A run's as-of is its reference time capped at the newest day of data (driftline.clock)
+    and a drift-started run's reference is the wall clock: only a calendar behind the wall
+    clock gives every trigger the simulated day's as-of.
+    """
+    newest = newest_day(settings.offline_dir, "transactions")
+    if newest is None:
+        return
+    last = newest + timedelta(days=timeline.days)
+    if last >= datetime.now(UTC).date():
+        raise InvalidInput(
+            f"{timeline.source}: {timeline.days} simulated days after the newest data "
+            f"({newest}) would reach {last}, today or later; the synthetic calendar must stay "
+            "behind the wall clock (a drift-started run's as-of is capped at the newest day of "
+            "data, its reference is now): use a shorter timeline, or --spec (a fresh stack "
+            "whose world ends early enough)"
+        )
+
+
 def simulate_on(
     stack: Any, timeline: Timeline, *, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -586,6 +543,7 @@ def simulate_on(
     from driftline import registry
 
     settings = stack.settings
+    check_calendar(timeline, settings)
     first = registry.alias_version(timeline.model, registry.CHAMPION, settings)
     if first is None:
         raise InvalidInput(
@@ -668,12 +626,15 @@ def simulate_with_spec(
         stack = None
         try:
             say(f"starting a stack for {spec_path} in {home}")
-            # the world ends yesterday (`make up` leaves ten days of room for the demo), so
-            # even a spec with a short holdout finds labeled days for its first champion
+            # the world ends the timeline's length before today, so every simulated day lies
+            # in the past: a run's as-of is its reference time capped at the newest day of
+            # data (driftline.clock), and a drift-started run's reference is the wall clock;
+            # with the calendar behind it, the cap makes every trigger's as-of the simulated
+            # day's, as it would be live
             generate(
                 offline_dir=get_settings().offline_dir,
                 days=world.history_days,
-                today=datetime.now(UTC).date(),
+                today=datetime.now(UTC).date() - timedelta(days=timeline.days),
                 seed=world.seed,
                 n_cards=world.n_cards,
                 n_merchants=world.n_merchants,
@@ -704,25 +665,77 @@ def simulate_with_spec(
             if stack is not None:
                 stack.stop()
     result["spec"] = str(spec_path)
+    result["spec_values"] = spec.model_dump(mode="json", exclude={"source"})
     return result
 
 
-def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """What changes from the first spec to the second: decisions and quality."""
-    first, second = (r["summary"] for r in results[:2])
-    keys = ("retrains", "promotions", "rejections", "skipped_by_cooldown", "drift_verdicts")
-    difference: dict[str, Any] = {key: second[key] - first[key] for key in keys}
-    for name in ("driftline",):
-        a = first["post_drift_mean_pr_auc"].get(name)
-        b = second["post_drift_mean_pr_auc"].get(name)
-        difference[f"post_drift_mean_pr_auc_{name}"] = (
-            round(b - a, 4) if a is not None and b is not None else None
-        )
-    recover = (first.get("days_to_recover"), second.get("days_to_recover"))
-    difference["days_to_recover"] = (
-        recover[1] - recover[0] if all(isinstance(v, int) for v in recover) else list(recover)
+# what an operator weighs when choosing between two specs, in the order the report shows it
+COMPARED_FIGURES = (
+    "drift_verdicts",
+    "days_to_detect",
+    "retrains",
+    "promotions",
+    "rejections",
+    "skipped_by_cooldown",
+    "failed_retrains",
+    "days_to_recover",
+    "post_drift_mean_pr_auc_driftline",
+    "post_drift_mean_pr_auc_first_champion",
+    "post_drift_mean_pr_auc_oracle",
+    "post_drift_mean_pr_auc_gain_over_never_retrained",
+)
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    means = summary["post_drift_mean_pr_auc"]
+    gain = (
+        round(means["driftline"] - means["first_champion"], 4)
+        if means.get("driftline") is not None and means.get("first_champion") is not None
+        else None
     )
-    return {"specs": [r["spec"] for r in results], "second_minus_first": difference}
+    flat = {f"post_drift_mean_pr_auc_{name}": value for name, value in means.items()}
+    flat["post_drift_mean_pr_auc_gain_over_never_retrained"] = gain
+    return {key: {**summary, **flat}.get(key) for key in COMPARED_FIGURES}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def spec_changes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, list[Any]]:
+    """Every spec value the second spec sets differently, by dotted key: [first, second]."""
+    a, b = _flatten(first), _flatten(second)
+    return {
+        key: [a.get(key), b.get(key)]
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key)
+    }
+
+
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What changes from the first spec to the second: the spec values, the decisions and the
+    quality. ``side_by_side`` holds each figure per spec, ``second_minus_first`` the numeric
+    difference (both values when one is not a number, e.g. "not within the timeline")."""
+    first, second = (_figures(r["summary"]) for r in results[:2])
+    difference: dict[str, Any] = {}
+    for key in COMPARED_FIGURES:
+        a, b = first[key], second[key]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+        difference[key] = round(b - a, 4) if numbers else [a, b]
+    comparison: dict[str, Any] = {"specs": [r["spec"] for r in results[:2]]}
+    if all("spec_values" in r for r in results[:2]):
+        comparison["spec_changes"] = spec_changes(
+            results[0]["spec_values"], results[1]["spec_values"]
+        )
+    comparison["side_by_side"] = {key: [first[key], second[key]] for key in COMPARED_FIGURES}
+    comparison["second_minus_first"] = difference
+    return comparison
 
 
 def simulate(
@@ -747,6 +760,7 @@ def simulate(
     settings = settings or get_settings()
     out = Path(out_dir) if out_dir else settings.runs_dir / "simulations" / timeline.name
     if not specs:
+        check_calendar(timeline, settings)
         result = simulate_on(running_stack(settings), timeline, say=say)
     else:
         runs = []

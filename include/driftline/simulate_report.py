@@ -154,6 +154,54 @@ def _section(result: dict[str, Any], heading: str) -> str:
     )
 
 
+FIGURE_LABELS = {
+    "drift_verdicts": "drift verdicts",
+    "days_to_detect": "days to detect",
+    "retrains": "retrains (trained and decided)",
+    "promotions": "promotions",
+    "rejections": "rejections",
+    "skipped_by_cooldown": "skipped by the cooldown",
+    "failed_retrains": "failed retrains",
+    "days_to_recover": "days to recover",
+    "post_drift_mean_pr_auc_driftline": "mean PR-AUC after onset: driftline",
+    "post_drift_mean_pr_auc_first_champion": "mean PR-AUC after onset: never retrained",
+    "post_drift_mean_pr_auc_oracle": "mean PR-AUC after onset: oracle",
+    "post_drift_mean_pr_auc_gain_over_never_retrained": "driftline minus never retrained",
+}
+
+
+def _cells(*values: Any, header: bool = False) -> str:
+    tag = "th" if header else "td"
+    return "<tr>" + "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values) + "</tr>"
+
+
+def _comparison(comparison: dict[str, Any]) -> str:
+    """Spec A against spec B: what the second spec changes, then every figure side by side
+    with the difference (each spec's own baselines: its first champion and oracle are
+    trained with its own windows)."""
+    first, second = comparison["specs"]
+    parts = [f"<h2>Spec A ({html.escape(first)}) against spec B ({html.escape(second)})</h2>"]
+    changes = comparison.get("spec_changes")
+    if changes is not None:
+        parts.append("<h3>What spec B changes</h3><table>")
+        parts.append(_cells("spec value", "A", "B", header=True))
+        parts += [_cells(key, a, b) for key, (a, b) in changes.items()]
+        if not changes:
+            parts.append(_cells("(the two specs are the same)", "", ""))
+        parts.append("</table>")
+    side = comparison.get("side_by_side") or {}
+    difference = comparison["second_minus_first"]
+    parts.append("<h3>What it does</h3><table>")
+    parts.append(_cells("figure", "A", "B", "B minus A", header=True))
+    for key, diff in difference.items():
+        a, b = side.get(key, ["", ""])
+        parts.append(
+            _cells(FIGURE_LABELS.get(key, key), a, b, "" if isinstance(diff, list) else diff)
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
 def write_report(result: dict[str, Any], out: Path) -> list[Path]:
     """``report.html`` and the plot(s) in ``out``; returns the paths written."""
     timeline = result["timeline"]
@@ -165,17 +213,7 @@ def write_report(result: dict[str, Any], out: Path) -> list[Path]:
         sections.append(_section(run, heading))
         name = "quality.svg" if len(runs) == 1 else f"quality_{index + 1}.svg"
         written.append(write_atomic(out / name, plot_svg(run, heading)))
-    comparison = ""
-    if result.get("comparison"):
-        diff = result["comparison"]["second_minus_first"]
-        comparison = (
-            "<h2>Second spec minus first</h2><table>"
-            + "".join(
-                f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                for k, v in diff.items()
-            )
-            + "</table>"
-        )
+    comparison = _comparison(result["comparison"]) if result.get("comparison") else ""
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>driftline simulate: {html.escape(timeline['name'])}</title>"

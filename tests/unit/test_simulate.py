@@ -236,13 +236,74 @@ def test_two_specs_are_compared_second_minus_first() -> None:
             retrains=[{"trigger": "drift", "outcome": "promoted", "reasons": []}],
         ),
     ]
+    shipped = {"training": {"window_days": 28, "seed": 7}, "promotion": {"floors": {"pr_auc": 0.2}}}
+    proposed = {
+        "training": {"window_days": 10, "seed": 7},
+        "promotion": {"floors": {"pr_auc": 0.05}},
+    }
     runs = [
-        {"spec": "a.yaml", "summary": summarize(slow)},
-        {"spec": "b.yaml", "summary": summarize(fast)},
+        {"spec": "a.yaml", "summary": summarize(slow), "spec_values": shipped},
+        {"spec": "b.yaml", "summary": summarize(fast), "spec_values": proposed},
     ]
     comparison = compare(runs)
     assert comparison["specs"] == ["a.yaml", "b.yaml"]
+    assert comparison["spec_changes"] == {
+        "promotion.floors.pr_auc": [0.2, 0.05],
+        "training.window_days": [28, 10],
+    }
     diff = comparison["second_minus_first"]
     assert (diff["retrains"], diff["promotions"], diff["rejections"]) == (1, 1, 0)
     assert diff["post_drift_mean_pr_auc_driftline"] == 0.45
+    assert diff["post_drift_mean_pr_auc_gain_over_never_retrained"] == 0.45
+    assert diff["days_to_detect"] == 0
     assert diff["days_to_recover"] == ["not within the timeline", 0]
+    side = comparison["side_by_side"]
+    assert side["promotions"] == [0, 1]
+    assert side["post_drift_mean_pr_auc_driftline"] == [0.05, 0.5]
+
+
+def test_the_comparison_report_shows_what_spec_b_changes_and_both_runs(tmp_path: Path) -> None:
+    days = [_day(0, "baseline", _q(0.7, 0.7, 0.7)), _day(1, "concept_drift", _q(0.1, 0.1, 0.5))]
+    runs = [
+        {
+            "spec": name,
+            "timeline": {"name": "t"},
+            "summary": summarize(days),
+            "days": days,
+            "spec_values": {"drift": {"cooldown_hours": hours}},
+        }
+        for name, hours in (("a.yaml", 24), ("b.yaml", 0))
+    ]
+    result = {"timeline": {"name": "t"}, "runs": runs, "comparison": compare(runs)}
+    written = write_report(result, tmp_path)
+    assert sorted(p.name for p in written) == ["quality_1.svg", "quality_2.svg", "report.html"]
+    page = (tmp_path / "report.html").read_text()
+    assert "<tr><td>drift.cooldown_hours</td><td>24</td><td>0</td></tr>" in page
+    assert "<tr><td>promotions</td><td>0</td><td>0</td><td>0</td></tr>" in page
+    assert "spec a.yaml" in page and "spec b.yaml" in page
+
+
+def test_a_timeline_that_would_reach_today_is_refused(driftline_home: Path, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from driftline.datagen import generate
+    from driftline.settings import get_settings
+    from driftline.simulate import check_calendar
+
+    today = datetime.now(UTC).date()
+    generate(offline_dir=get_settings().offline_dir, days=2, today=today - timedelta(days=9))
+    newest = today - timedelta(days=10)
+    fits = tmp_path / "fits.yaml"
+    fits.write_text(
+        "name: fits\nmodel: fraud_detection\nsegments: [{scenario: baseline, days: 9}]\n"
+    )
+    check_calendar(load_timeline(fits), get_settings())
+    too_long = tmp_path / "too_long.yaml"
+    too_long.write_text(
+        "name: too_long\nmodel: fraud_detection\nsegments: [{scenario: baseline, days: 10}]\n"
+    )
+    with pytest.raises(InvalidInput) as refused:
+        check_calendar(load_timeline(too_long), get_settings())
+    message = str(refused.value)
+    assert f"10 simulated days after the newest data ({newest}) would reach {today}" in message
+    assert "must stay behind the wall clock" in message
