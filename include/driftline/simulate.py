@@ -429,16 +429,18 @@ def summarize(days: list[dict[str, Any]]) -> dict[str, Any]:
     retrains = [r for d in days for r in d["retrains"]]
     counts = {
         outcome: sum(1 for r in retrains if r["outcome"] == outcome)
-        for outcome in ("promoted", "rejected", "skipped", "failed")
+        for outcome in ("promoted", "rejected", "inconclusive", "skipped", "failed")
     }
     summary: dict[str, Any] = {
         "days": len(days),
         "drift_onset": days[onset]["day"] if onset is not None else None,
         "drift_verdicts": sum(1 for d in days if (d["drift"] or {}).get("verdict") == "drift"),
         "retrain_runs": len(retrains),
-        "retrains": counts["promoted"] + counts["rejected"],
+        # trained and decided; inconclusive: no fair comparison yet, the champion stayed
+        "retrains": counts["promoted"] + counts["rejected"] + counts["inconclusive"],
         "promotions": counts["promoted"],
         "rejections": counts["rejected"],
+        "inconclusive": counts["inconclusive"],
         "skipped_by_cooldown": counts["skipped"],
         "failed_retrains": counts["failed"],
         "matured_days": len(scored),
@@ -650,6 +652,7 @@ COMPARED_FIGURES = (
     "retrains",
     "promotions",
     "rejections",
+    "inconclusive",
     "skipped_by_cooldown",
     "failed_retrains",
     "days_to_recover",

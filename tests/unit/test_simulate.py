@@ -183,6 +183,19 @@ def test_summary_counts_decisions_and_measures_detection_and_recovery() -> None:
     }
 
 
+def test_an_inconclusive_decision_counts_as_a_retrain_but_not_a_rejection() -> None:
+    inconclusive = [{"trigger": "drift", "outcome": "inconclusive", "reasons": []}]
+    skipped = [{"trigger": "drift", "outcome": "skipped", "reasons": []}]
+    days = [
+        _day(0, "baseline", _q(0.7, 0.7, 0.7)),
+        _day(1, "concept_drift", _q(0.05, 0.05, 0.3), verdict="drift", retrains=inconclusive),
+        _day(2, "concept_drift", _q(0.05, 0.05, 0.3), verdict="drift", retrains=skipped),
+    ]
+    summary = summarize(days)
+    assert (summary["retrains"], summary["rejections"], summary["inconclusive"]) == (1, 0, 1)
+    assert summary["skipped_by_cooldown"] == 1
+
+
 def test_recovery_is_zero_without_degradation_and_named_when_it_never_comes() -> None:
     steady = [
         _day(0, "baseline", _q(0.7, 0.7, 0.7)),
