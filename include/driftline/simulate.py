@@ -580,6 +580,16 @@ def _own_environment(home: Path, models: Path) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def first_simulated_day(timeline: Timeline, today: date) -> date:
+    """The first synthetic day of a stack simulate starts itself: the timeline ends yesterday.
+
+    A retrain the drift asset starts has no ``end_date``; its as-of is its run time on the
+    wall clock capped at the newest day in the offline store (``clock.resolve_as_of``). A
+    calendar that ran ahead of the wall clock would give every drift-started retrain today's
+    as-of instead of its synthetic day's, training it on the same stale window each time."""
+    return today - timedelta(days=timeline.days)
+
+
 def simulate_with_spec(
     timeline: Timeline,
     spec_path: Path,
@@ -605,12 +615,12 @@ def simulate_with_spec(
         stack = None
         try:
             say(f"starting a stack for {spec_path} in {home}")
-            # the world ends yesterday (`make up` leaves ten days of room for the demo), so
-            # even a spec with a short holdout finds labeled days for its first champion
+            # the world's history ends the day before the timeline's first day, and the
+            # timeline ends yesterday: see first_simulated_day
             generate(
                 offline_dir=get_settings().offline_dir,
                 days=world.history_days,
-                today=datetime.now(UTC).date(),
+                today=first_simulated_day(timeline, datetime.now(UTC).date()),
                 seed=world.seed,
                 n_cards=world.n_cards,
                 n_merchants=world.n_merchants,
