@@ -86,7 +86,7 @@ def plot_svg(result: dict[str, Any], title: str) -> str:
             )
     axis.set_ylim(0, 1.0)
     axis.set_ylabel("PR-AUC on the day's labeled rows")
-    axis.set_title(title, fontsize=11)
+    axis.set_title(title, fontsize=11, pad=34)  # above the verdict and retrain marks
     axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
     axis.grid(alpha=0.3)
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
