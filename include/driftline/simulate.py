@@ -430,16 +430,18 @@ def summarize(days: list[dict[str, Any]]) -> dict[str, Any]:
     retrains = [r for d in days for r in d["retrains"]]
     counts = {
         outcome: sum(1 for r in retrains if r["outcome"] == outcome)
-        for outcome in ("promoted", "rejected", "skipped", "failed")
+        for outcome in ("promoted", "rejected", "inconclusive", "skipped", "failed")
     }
     summary: dict[str, Any] = {
         "days": len(days),
         "drift_onset": days[onset]["day"] if onset is not None else None,
         "drift_verdicts": sum(1 for d in days if (d["drift"] or {}).get("verdict") == "drift"),
         "retrain_runs": len(retrains),
-        "retrains": counts["promoted"] + counts["rejected"],
+        # trained and decided; inconclusive: no fair comparison yet, the champion stayed
+        "retrains": counts["promoted"] + counts["rejected"] + counts["inconclusive"],
         "promotions": counts["promoted"],
         "rejections": counts["rejected"],
+        "inconclusive": counts["inconclusive"],
         "skipped_by_cooldown": counts["skipped"],
         "failed_retrains": counts["failed"],
         "matured_days": len(scored),
@@ -601,6 +603,16 @@ def _own_environment(home: Path, models: Path) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def first_simulated_day(timeline: Timeline, today: date) -> date:
+    """The first synthetic day of a stack simulate starts itself: the timeline ends yesterday.
+
+    A retrain the drift asset starts has no ``end_date``; its as-of is its run time on the
+    wall clock capped at the newest day in the offline store (``clock.resolve_as_of``). A
+    calendar that ran ahead of the wall clock would give every drift-started retrain today's
+    as-of instead of its synthetic day's, training it on the same stale window each time."""
+    return today - timedelta(days=timeline.days)
+
+
 def simulate_with_spec(
     timeline: Timeline,
     spec_path: Path,
@@ -626,15 +638,12 @@ def simulate_with_spec(
         stack = None
         try:
             say(f"starting a stack for {spec_path} in {home}")
-            # the world ends the timeline's length before today, so every simulated day lies
-            # in the past: a run's as-of is its reference time capped at the newest day of
-            # data (driftline.clock), and a drift-started run's reference is the wall clock;
-            # with the calendar behind it, the cap makes every trigger's as-of the simulated
-            # day's, as it would be live
+            # the world's history ends the day before the timeline's first day, and the
+            # timeline ends yesterday: see first_simulated_day
             generate(
                 offline_dir=get_settings().offline_dir,
                 days=world.history_days,
-                today=datetime.now(UTC).date() - timedelta(days=timeline.days),
+                today=first_simulated_day(timeline, datetime.now(UTC).date()),
                 seed=world.seed,
                 n_cards=world.n_cards,
                 n_merchants=world.n_merchants,
@@ -676,6 +685,7 @@ COMPARED_FIGURES = (
     "retrains",
     "promotions",
     "rejections",
+    "inconclusive",
     "skipped_by_cooldown",
     "failed_retrains",
     "days_to_recover",

@@ -2,8 +2,8 @@
 
 The plot shows, per matured day, the PR-AUC of the model driftline served, of the first
 champion never retrained and of the oracle retrained every day; the drift onset, the days
-the monitor said drift, and every retrain with its outcome (promoted, rejected). Files are
-written whole or not at all (``files.write_atomic``).
+the monitor said drift, and every retrain with its outcome (promoted, rejected, inconclusive,
+skipped, failed). Files are written whole or not at all (``files.write_atomic``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def plot_svg(result: dict[str, Any], title: str) -> str:
     marks = {
         "promoted": ("*", "#2ca02c", 1.10),
         "rejected": ("x", "#d62728", 1.10),
+        "inconclusive": ("o", "#9467bd", 1.10),
         "skipped": ("|", "#999999", 1.10),
         "failed": ("X", "black", 1.10),
     }
@@ -85,7 +86,7 @@ def plot_svg(result: dict[str, Any], title: str) -> str:
             )
     axis.set_ylim(0, 1.0)
     axis.set_ylabel("PR-AUC on the day's labeled rows")
-    axis.set_title(title, fontsize=11)
+    axis.set_title(title, fontsize=11, pad=34)  # above the verdict and retrain marks
     axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
     axis.grid(alpha=0.3)
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
@@ -110,6 +111,7 @@ def _summary_rows(summary: dict[str, Any]) -> str:
         ("retrains (trained and decided)", summary["retrains"]),
         ("promotions", summary["promotions"]),
         ("rejections", summary["rejections"]),
+        ("inconclusive (no fair comparison yet)", summary.get("inconclusive", 0)),
         ("skipped by the cooldown", summary["skipped_by_cooldown"]),
         ("failed retrains", summary["failed_retrains"]),
     ]
@@ -160,6 +162,7 @@ FIGURE_LABELS = {
     "retrains": "retrains (trained and decided)",
     "promotions": "promotions",
     "rejections": "rejections",
+    "inconclusive": "inconclusive (no fair comparison yet)",
     "skipped_by_cooldown": "skipped by the cooldown",
     "failed_retrains": "failed retrains",
     "days_to_recover": "days to recover",

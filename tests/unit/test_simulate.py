@@ -5,15 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from driftline.clock import resolve_as_of
 from driftline.errors import InvalidInput
 from driftline.settings import REPO_ROOT
-from driftline.simulate import compare, load_timeline, summarize, weekly_due
+from driftline.simulate import (
+    compare,
+    first_simulated_day,
+    load_timeline,
+    summarize,
+    weekly_due,
+)
 from driftline.simulate_report import write_report
 
 SIMULATIONS = REPO_ROOT / "simulations"
@@ -133,6 +140,19 @@ def test_cli_bad_spec_is_refused_before_anything_starts(
     assert "--spec given 3 times; compare one or two specs" in result.stderr
 
 
+def test_a_drift_started_retrain_takes_its_synthetic_day_as_of_on_every_day() -> None:
+    """A drift-started retrain has no end_date: its as-of comes from its wall-clock run time,
+    capped at the newest day present. In a stack simulate starts, that is always the
+    synthetic day's end, never the wall clock's today."""
+    timeline = load_timeline(REPO_ROOT / "simulations" / "concept_drift.yaml")
+    now = datetime(2026, 11, 26, 16, 30, tzinfo=UTC)
+    first = first_simulated_day(timeline, now.date())
+    for offset in range(timeline.days):
+        day = first + timedelta(days=offset)
+        synthetic_as_of = datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+        assert resolve_as_of(end_date=None, reference=now, newest_day=day) == synthetic_as_of
+
+
 def test_the_weekly_retrain_falls_due_on_the_synthetic_monday() -> None:
     cron = "0 3 * * 1"  # Monday 03:00 UTC
     monday = datetime(2026, 11, 23, tzinfo=UTC)
@@ -181,6 +201,19 @@ def test_summary_counts_decisions_and_measures_detection_and_recovery() -> None:
         "first_champion": 0.05,
         "oracle": 0.404,
     }
+
+
+def test_an_inconclusive_decision_counts_as_a_retrain_but_not_a_rejection() -> None:
+    inconclusive = [{"trigger": "drift", "outcome": "inconclusive", "reasons": []}]
+    skipped = [{"trigger": "drift", "outcome": "skipped", "reasons": []}]
+    days = [
+        _day(0, "baseline", _q(0.7, 0.7, 0.7)),
+        _day(1, "concept_drift", _q(0.05, 0.05, 0.3), verdict="drift", retrains=inconclusive),
+        _day(2, "concept_drift", _q(0.05, 0.05, 0.3), verdict="drift", retrains=skipped),
+    ]
+    summary = summarize(days)
+    assert (summary["retrains"], summary["rejections"], summary["inconclusive"]) == (1, 0, 1)
+    assert summary["skipped_by_cooldown"] == 1
 
 
 def test_recovery_is_zero_without_degradation_and_named_when_it_never_comes() -> None:
