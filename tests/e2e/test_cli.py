@@ -30,8 +30,13 @@ def test_status_json_shows_the_champion_and_its_decision(running_stack: RunningS
     (status,) = json.loads(result.stdout)
     champion = status["aliases"]["champion"]
     assert champion["version"] == registry.alias_version(MODEL, registry.CHAMPION)
-    assert status["decisions"][0]["action"] == "promoted"
-    assert "no champion yet: the floors decide" in status["decisions"][-1]["reasons"]
+    # the decisions, newest first, are the audit log's (whatever other tests added before)
+    shown = status["decisions"]
+    audit = monitoring.audit_log(MODEL, limit=len(shown))
+    assert [d["action"] for d in shown] == [a["action"] for a in audit]
+    first = monitoring.audit_log(MODEL, limit=500)[-1]  # `up`'s first champion
+    assert first["action"] == "promoted"
+    assert "no champion yet: the floors decide" in first["reasons"]
 
 
 def test_promote_refuses_unknown_and_unvalidated_versions(running_stack: RunningStack) -> None:
