@@ -25,6 +25,16 @@ MODEL = "fraud_detection"
 RETRAIN = f"{MODEL}_retrain"
 
 
+def _finished(production: Production, run_id: str, what: str, *, timeout: float) -> str:
+    """Wait for the run to end; its final state."""
+
+    def ended() -> str | None:
+        rows = production.sql("airflow", "SELECT state FROM dag_run WHERE run_id=%s", run_id)
+        return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None
+
+    return wait_for(what, ended, timeout=timeout, interval=3)
+
+
 def _runs(production: Production) -> list[dict]:
     token = production.stack.token("admin")
     status, body = production.stack.api(
@@ -120,20 +130,7 @@ def test_an_outside_writers_row_starts_a_retrain(production: Production) -> None
         )
 
     run = wait_for("a retrain started by the writer's row", started, timeout=240, interval=2)
-    state = wait_for(
-        "the run to finish",
-        lambda: (
-            (
-                s := production.sql(
-                    "airflow", "SELECT state FROM dag_run WHERE run_id=%s", run["dag_run_id"]
-                )[0][0]
-            )
-            in ("success", "failed")
-            and s
-        ),
-        timeout=600,
-        interval=3,
-    )
+    state = _finished(production, run["dag_run_id"], "the run to finish", timeout=600)
     assert state == "success"
     consumed = production.sql(
         "monitoring",
@@ -288,20 +285,7 @@ def test_mlflow_server_stopped_during_a_retrain_task_retries(production: Product
         wait_for("train to fail and wait for its retry", retrying, timeout=300, interval=1)
     finally:
         production.stack.restart_mlflow()
-    state = wait_for(
-        "the run to finish",
-        lambda: (
-            (
-                s := production.sql(
-                    "airflow", "SELECT state FROM dag_run WHERE run_id=%s", run["dag_run_id"]
-                )[0][0]
-            )
-            in ("success", "failed")
-            and s
-        ),
-        timeout=600,
-        interval=3,
-    )
+    state = _finished(production, run["dag_run_id"], "the run to finish", timeout=600)
     assert state == "success"
     tries = production.sql(
         "airflow",
@@ -364,19 +348,8 @@ def test_a_celery_worker_killed_mid_task_has_its_task_retried_by_the_other(
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     try:
-        state = wait_for(
-            "the run to finish on the surviving worker",
-            lambda: (
-                (
-                    s := production.sql(
-                        "airflow", "SELECT state FROM dag_run WHERE run_id=%s", run_id
-                    )[0][0]
-                )
-                in ("success", "failed")
-                and s
-            ),
-            timeout=900,
-            interval=3,
+        state = _finished(
+            production, run_id, "the run to finish on the surviving worker", timeout=900
         )
         assert stack.component_state(owner) != "running"
         assert stack.component_state(survivor) == "running"
