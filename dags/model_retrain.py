@@ -33,8 +33,9 @@ Every event records the run that consumed it (`driftline events`).
    leakage. A failure fails the run here, naming every failed check with its observed value
    and threshold; nothing is trained or registered, the champion is untouched. Report:
    `validation.html` in the run directory.
-   Rate rules (label rate, null rates) are also judged per day, naming a broken day; a
-   column added upstream is a recorded warning (`validation.on_new_columns: warn`).
+   Rate rules (label rate, null rates, category shares) are also judged per day, naming a
+   broken day; a column added upstream to the label or feature partitions is a recorded
+   warning (`validation.on_new_columns: warn`).
 3. `train` — XGBoost with the spec's parameters on a time split, early-stopped on the
    validation days; registers a new version with its lineage (incl. `trained_until` and
    `as_of`) and points `challenger` at it.

@@ -167,7 +167,9 @@ def _check_window_partitions(
         if first <= day <= last:
             wanted.append(day)
         day += timedelta(days=1)
-    return offline.check_table(offline_dir, table, wanted)
+    # A column added upstream is each model's call (``validation.on_new_columns``, judged
+    # when its training set is built); materialization reads the declared columns only.
+    return offline.check_table(offline_dir, table, wanted, allow_new_columns=True)
 
 
 def _count_rows(
@@ -179,7 +181,8 @@ def _count_rows(
         return 0, 0
     with duckdb.connect() as con:
         rows, entities = con.execute(
-            f"SELECT count(*), count(DISTINCT {join_key}) FROM read_parquet($paths) "
+            f"SELECT count(*), count(DISTINCT {join_key}) "
+            "FROM read_parquet($paths, union_by_name = true) "
             "WHERE event_timestamp >= $start AND event_timestamp <= $end",
             {"paths": [str(p) for p in paths], "start": start, "end": end},
         ).fetchone()

@@ -77,7 +77,7 @@ class Fingerprint:
     sha256: str
     columns: list[str]
     offline_dir: str
-    # columns added upstream to entity partitions, read past (validation.on_new_columns)
+    # columns added upstream to partitions it read, read past (validation.on_new_columns)
     schema_changes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,29 +99,15 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _new_columns(spec: ModelSpec, window: Window, offline_dir: Path) -> list[str]:
-    """Columns added upstream to the window's entity partitions, one entry per partition.
-
-    With ``validation.on_new_columns: warn`` they are read past (training never sees them)
-    and recorded as a warning of the validation gate; with ``block`` the read fails here.
-    A missing or retyped column always fails."""
-    present = set(offline.list_days(offline_dir, spec.entity_table))
-    changes = []
-    for day in window.days:
-        if day in present:
-            path = offline.partition_path(offline_dir, spec.entity_table, day)
-            added = offline.new_columns(path, spec.entity_table)
-            if added:
-                changes.append(f"{path}: new columns {added}")
-    return changes
-
-
-def _check_feature_partitions(
+def _window_partitions(
     store: Any, spec: ModelSpec, window: Window, offline_dir: Path
-) -> None:
-    """Every partition a feature view may read for this window must have its schema."""
+) -> list[tuple[str, list[date]]]:
+    """Every offline table the window's training set reads, with the days it reads: the
+    entity table's window days, and each feature view's window days plus its TTL before."""
     from driftline.feature_store import offline_table
 
+    present = set(offline.list_days(offline_dir, spec.entity_table))
+    tables = [(spec.entity_table, [d for d in window.days if d in present])]
     for name in spec.feature_views:
         view = store.get_feature_view(name)
         ttl = view.ttl or timedelta(0)
@@ -130,7 +116,25 @@ def _check_feature_partitions(
         first = (window.start - ttl).date()
         wanted = [d for d in window.days if d in present]
         wanted += [d for d in present if first <= d < window.start.date()]
-        offline.check_table(offline_dir, table, sorted(wanted))
+        tables.append((table, sorted(wanted)))
+    return tables
+
+
+def _check_partitions(store: Any, spec: ModelSpec, window: Window, offline_dir: Path) -> list[str]:
+    """Every partition the window reads must have its table's schema; returns the columns
+    added upstream, one entry per partition.
+
+    A missing or retyped column always fails. With ``validation.on_new_columns: warn`` added
+    columns are read past (training never sees them) and recorded as a warning of the
+    validation gate; with ``block`` the build fails here, naming the partition."""
+    warn = spec.validation.on_new_columns == "warn"
+    changes = []
+    for table, days in _window_partitions(store, spec, window, offline_dir):
+        for path in offline.check_table(offline_dir, table, days, allow_new_columns=warn):
+            added = offline.new_columns(path, table)
+            if added:
+                changes.append(f"{path}: new columns {added}")
+    return changes
 
 
 def entity_rows(spec: ModelSpec, window: Window, offline_dir: Path) -> pd.DataFrame:
@@ -183,9 +187,7 @@ def build_training_set(
             f"feature service {spec.feature_service!r} of {spec.name} ({spec.source}) is not in "
             f"the Feast registry: {exc}; run `driftline feast apply`"
         ) from None
-    _check_feature_partitions(store, spec, window, settings.offline_dir)
-
-    schema_changes = _new_columns(spec, window, settings.offline_dir)
+    schema_changes = _check_partitions(store, spec, window, settings.offline_dir)
     rows = entity_rows(spec, window, settings.offline_dir)
     labeled = rows[
         (rows[spec.timestamp_column] < window.end) & (rows["label_available_at"] <= window.as_of)

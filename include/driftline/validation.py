@@ -386,8 +386,8 @@ def validate(
 ) -> ValidationReport:
     """Run every check; never raises for bad data (see :func:`enforce`).
 
-    ``schema_changes`` are the columns the training-set build found added to entity
-    partitions (and read past): a warning with ``validation.on_new_columns: warn``."""
+    ``schema_changes`` are the columns the training-set build found added to the entity and
+    feature partitions it read (and read past): a warning with ``validation.on_new_columns: warn``."""
     report = ValidationReport(model=spec.name, window=window.as_dict(), source=source)
     training_checks = _Checks("training")
     policy = spec.validation.on_new_columns

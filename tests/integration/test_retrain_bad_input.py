@@ -141,17 +141,23 @@ def test_bad_partition(restore: Path, case, table, day, change, message) -> None
     _nothing_changed()
 
 
-def _with_new_column(home: Path) -> Path:
-    _rewrite(home, "transactions", NEWEST, lambda f: f.assign(loyalty_tier="gold"))
-    newest = offline.list_days(home / "offline")[-1]
-    return offline.partition_path(home / "offline", "transactions", newest)
+def _with_new_column(home: Path, table: str) -> Path:
+    _rewrite(home, table, NEWEST, lambda f: f.assign(loyalty_tier="gold"))
+    newest = offline.list_days(home / "offline", table)[-1]
+    return offline.partition_path(home / "offline", table, newest)
 
 
-def test_a_new_column_is_a_recorded_warning(restore: Path) -> None:
-    path = _with_new_column(restore)
-    context = RunContext(run_id="new-column")
+# upstream adds a column to the newest day: of the label table, of a feature view's source
+SCHEMA_EVOLUTION = pytest.mark.parametrize("table", ["transactions", "card_features"])
+
+
+@SCHEMA_EVOLUTION
+def test_a_new_column_is_a_recorded_warning(restore: Path, table: str) -> None:
+    path = _with_new_column(restore, table)
+    context = RunContext(run_id=f"new-column-{table}")
     built = retrain.build(MODEL, as_of=AS_OF, context=context)
-    assert "loyalty_tier" not in pd.read_parquet(Path(built["run_dir"]) / "recent.parquet")
+    for name in ("recent.parquet", "training_set.parquet"):
+        assert "loyalty_tier" not in pd.read_parquet(Path(built["run_dir"]) / name)
     result = retrain.validate(MODEL, built["run_dir"], context=context)
     assert result["passed"]
     report = json.loads((Path(built["run_dir"]) / "validation.json").read_text())
@@ -161,16 +167,17 @@ def test_a_new_column_is_a_recorded_warning(restore: Path) -> None:
     _nothing_changed()
 
 
+@SCHEMA_EVOLUTION
 def test_a_new_column_blocks_when_the_spec_says_so(
-    restore: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    restore: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str
 ) -> None:
     raw = yaml.safe_load((REPO_ROOT / "include" / "models" / "fraud_detection.yaml").read_text())
     raw["validation"]["on_new_columns"] = "block"
     (tmp_path / "fraud_detection.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("DRIFTLINE_MODELS_DIR", str(tmp_path))
-    path = _with_new_column(restore)
+    path = _with_new_column(restore, table)
     with pytest.raises(DriftlineError) as error:
-        _run("new-column-blocked")
+        _run(f"new-column-blocked-{table}")
     assert f"schema change in offline partition {path}: unexpected columns ['loyalty_tier']" in (
         str(error.value)
     )
