@@ -41,8 +41,10 @@ AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # does: DRIFTLINE_CELERY_WORKERS of them (default 2), each with its own log-server port.
 CELERY_WORKER = "celery-worker-"
 # Airflow settings taken from the caller's environment (every other AIRFLOW__ variable is the
-# stack's own): the Celery executor's broker, result backend and queue, the heartbeat timeout
+# stack's own): the Celery executor's broker, result backend and queue, the heartbeat timeout,
+# the metrics settings (StatsD / OpenTelemetry, README "Monitoring")
 PASSED_THROUGH = (
+    "AIRFLOW__METRICS__",
     "AIRFLOW__CELERY__",
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__",
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
