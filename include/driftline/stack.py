@@ -101,6 +101,15 @@ def _group_states(pgid: int) -> list[str]:
     return states
 
 
+def _answers(url: str) -> bool:
+    """``url`` answers 200 within 3 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -601,23 +610,11 @@ class Stack:
 
     def mlflow_healthy(self) -> bool:
         """The MLflow server this stack started answers its health check (True if none)."""
-        if not self.mlflow_url:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.mlflow_url}/health", timeout=3) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return not self.mlflow_url or _answers(f"{self.mlflow_url}/health")
 
     def exporter_healthy(self) -> bool:
         """The Prometheus exporter this stack started answers /health (True if none)."""
-        if not self.exporter_url:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.exporter_url}/health", timeout=3) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return not self.exporter_url or _answers(f"{self.exporter_url}/health")
 
     def password(self, user: str) -> str:
         if not self.passwords_file.is_file():
