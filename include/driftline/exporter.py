@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -88,10 +87,6 @@ def read_snapshot(url: str | None = None) -> Snapshot:
         audit=monitoring.audit_summary(url=url),
         events=monitoring.event_counts_by_model(url=url),
     )
-
-
-def _seconds(moment: datetime | None) -> float | None:
-    return moment.timestamp() if moment is not None else None
 
 
 def _newest(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
@@ -390,9 +385,7 @@ def wsgi_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def build_server(
-    host: str, port: int, collector: StoreCollector
-) -> WSGIServer:  # pragma: no cover - exercised through the real process in the tests
+def build_server(host: str, port: int, collector: StoreCollector) -> WSGIServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return make_server(
