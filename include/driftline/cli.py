@@ -354,11 +354,14 @@ def reconcile(
 def up(
     port: Annotated[int, typer.Option(envvar="AIRFLOW_PORT", help="Airflow UI/API port")] = 8080,
     mlflow_port: Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow UI port")] = 5000,
+    exporter_port: Annotated[
+        int, typer.Option(envvar="DRIFTLINE_EXPORTER_PORT", help="Prometheus exporter port")
+    ] = 9108,
 ) -> None:
     """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion)."""
     from driftline.stack import up as start
 
-    start(port=port, mlflow_port=mlflow_port, say=typer.echo)
+    start(port=port, mlflow_port=mlflow_port, exporter_port=exporter_port, say=typer.echo)
 
 
 @app.command()
@@ -367,6 +370,38 @@ def down() -> None:
     from driftline.stack import down as stop
 
     stop(say=typer.echo)
+
+
+@app.command()
+def exporter(
+    host: Annotated[
+        str, typer.Option(envvar="DRIFTLINE_EXPORTER_HOST", help="address to listen on")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="DRIFTLINE_EXPORTER_PORT", help="port to listen on")
+    ] = 9108,
+    cache_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="DRIFTLINE_EXPORTER_CACHE_SECONDS",
+            help="read the monitoring store at most once per this many seconds",
+            min=0,
+        ),
+    ] = 10.0,
+) -> None:
+    """Serve the monitoring store's state as Prometheus metrics at /metrics until stopped."""
+    from driftline.exporter import serve
+
+    url = get_settings().monitoring_db_url
+    try:
+        serve(host=host, port=port, url=url, cache_seconds=cache_seconds)
+    except OSError as exc:
+        _fail(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another with "
+            "DRIFTLINE_EXPORTER_PORT / DRIFTLINE_EXPORTER_HOST (or --port / --host)"
+        )
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -33,6 +33,10 @@ REQUIRED_SERVICES = (
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "driftline-exporter",
+    "statsd-exporter",
+    "prometheus",
+    "grafana",
 )
 ONE_SHOT = {"secrets-check", "volumes-init", "airflow-init"}
 SECRETS_CHECK = "secrets-check"

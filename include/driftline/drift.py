@@ -6,7 +6,9 @@ Three questions, each against the champion version's own reference sample and me
   of arriving transactions with their Feast features) against the reference sample, with
   the spec's method and threshold per column type;
 * prediction drift — the champion's score distribution on the current window against its
-  scores on the reference;
+  scores on the reference: once as the champion re-scores the window's transactions, and once
+  on served traffic, the scores the scoring service answered for them (the prediction log,
+  :mod:`driftline.predlog`);
 * performance decay — where labels have matured (the newest ``performance_window_days``
   older than ``label_delay_days``), the champion's primary metric against its training
   holdout value.
@@ -19,6 +21,14 @@ the default 50k rows, against thresholds of 0.1 (tests/integration/test_drift_mo
 bounds it; `make bench` compares verdicts with Evidently on 1M full rows).
 Bad data is not drift: a window with no rows, missing columns or all-null columns fails
 with a clear message and raises no event.
+
+Served traffic: the logged rows whose transaction time (``event_timestamp``) falls in the
+current window, read from the log's partitions scored at or after the window's start (a
+transaction is scored when it happens, or later when a calendar is replayed). Only rows the
+current champion version answered on the champion arm are compared with its reference; the
+report counts every served row by version and arm. No served traffic in the window, or
+fewer than ``drift.min_served_rows`` compared rows, is said in the report and is no verdict
+either way: not an error, not drift.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftline import monitoring, offline, registry
+from driftline import monitoring, offline, predlog, registry
 from driftline.errors import DriftlineError
 from driftline.files import write_json
 from driftline.lineage import RunContext, run_dir
@@ -90,6 +100,7 @@ class DriftResult:
             "share_drifted": round(self.share_drifted, 4),
             "top_features": self.top_features(),
             "prediction_drift": self.prediction.get("drifted", False),
+            "served_prediction_drift": (self.prediction.get("served") or {}).get("drifted", False),
             "performance_decay": self.performance.get("decayed", False),
             "reasons": self.reasons,
             "report_uri": self.report_uri,
@@ -253,6 +264,96 @@ def _parse(snapshot: Any) -> dict[str, dict[str, Any]]:
     return columns
 
 
+def _score_drift(
+    reference: pd.Series, current: pd.Series, *, method: str, threshold: float, rows: int, seed: int
+) -> dict[str, Any]:
+    """Evidently's ValueDrift of one score column (``method``, ``threshold``) on samples."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    definition = DataDefinition(numerical_columns=[PREDICTION])
+
+    def prepared(scores: pd.Series) -> Dataset:
+        frame = pd.DataFrame({PREDICTION: scores.astype("float64").to_numpy()})
+        frame = _sample(frame, rows, seed).reset_index(drop=True)
+        return Dataset.from_pandas(frame, data_definition=definition)
+
+    snapshot = Report(
+        [ValueDrift(column=PREDICTION, method=method, threshold=threshold)], include_tests=True
+    ).run(current_data=prepared(current), reference_data=prepared(reference))
+    return _parse(snapshot)[PREDICTION]
+
+
+def served_prediction_drift(
+    spec: ModelSpec,
+    reference: pd.DataFrame,
+    window: Window,
+    champion: str,
+    offline_dir: Path,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The scores the service answered for the window's transactions against the champion's
+    scores on its reference sample (see the module docstring for which rows count)."""
+    model = spec.registered_model
+    where = f"[{window.start.isoformat()}, {window.end.isoformat()})"
+    logged = predlog.read(
+        offline_dir,
+        model,
+        start=window.start,
+        columns=["scored_at", "event_timestamp", "version", "arm", "score", "status"],
+    )
+    if not logged.empty:
+        moment = pd.to_datetime(logged["event_timestamp"], utc=True)
+        logged = logged[
+            (moment >= pd.Timestamp(window.start))
+            & (moment < pd.Timestamp(window.end))
+            & (logged["status"] == "ok")
+            & logged["score"].notna()
+        ]
+    drift = spec.drift
+    result: dict[str, Any] = {
+        "rows": len(logged),
+        "versions": {str(v): int(n) for v, n in logged["version"].value_counts().items()}
+        if len(logged)
+        else {},
+        "arms": {str(a): int(n) for a, n in logged["arm"].value_counts().items()}
+        if len(logged)
+        else {},
+        "compared_version": champion,
+        "method": drift.prediction_method,
+        "threshold": drift.prediction_threshold,
+        "score": None,
+        "drifted": False,
+    }
+    if logged.empty:
+        result["compared_rows"] = 0
+        result["note"] = (
+            f"no served traffic in the window {where}: the prediction log of {model} holds "
+            "no answered rows for its transactions; served prediction drift not assessed"
+        )
+        return result
+    compared = logged[(logged["version"] == champion) & (logged["arm"] == "champion")]["score"]
+    result["compared_rows"] = len(compared)
+    if len(compared) < drift.min_served_rows:
+        result["note"] = (
+            f"not assessed: {len(compared)} rows served by the champion v{champion} in the "
+            f"window {where} (needs drift.min_served_rows = {drift.min_served_rows})"
+        )
+        return result
+    result.update(
+        _score_drift(
+            reference[PREDICTION],
+            compared,
+            method=drift.prediction_method,
+            threshold=drift.prediction_threshold,
+            rows=drift.sample_rows,
+            seed=seed,
+        )
+    )
+    return result
+
+
 def performance(
     spec: ModelSpec,
     booster: Any,
@@ -329,6 +430,10 @@ def monitor(
     reference = load_reference(model, champion, settings)
 
     columns, prediction, snapshot = column_drift(spec, reference, current, seed=spec.training.seed)
+    served = served_prediction_drift(
+        spec, reference, window, champion, settings.offline_dir, seed=spec.training.seed
+    )
+    prediction = {**prediction, "served": served}
     drifted = sorted(name for name, column in columns.items() if column["drifted"])
     share = len(drifted) / len(columns) if columns else 0.0
     decay = performance(spec, booster, info.tags, as_of, settings)
@@ -343,6 +448,12 @@ def monitor(
         reasons.append(
             f"prediction drift: score {prediction['score']:.3f} >= {prediction['threshold']} "
             f"({prediction['method']})"
+        )
+    if served["drifted"]:
+        reasons.append(
+            f"served prediction drift: score {served['score']:.3f} >= {served['threshold']} "
+            f"({served['method']}) on {served['compared_rows']} rows served by "
+            f"v{served['compared_version']}"
         )
     if decay["decayed"]:
         reasons.append(
@@ -359,7 +470,16 @@ def monitor(
     with mlflow.start_run(experiment_id=experiment, run_name=f"drift {window.start.date()}") as run:
         mlflow.set_tags({**context.tags(), "champion_version": champion, "verdict": verdict})
         mlflow.log_metrics(
-            {"share_drifted": share, "prediction_drift_score": prediction.get("score") or 0.0}
+            {
+                "share_drifted": share,
+                "prediction_drift_score": prediction.get("score") or 0.0,
+                "served_rows": served["rows"],
+                **(
+                    {"served_prediction_drift_score": served["score"]}
+                    if served["score"] is not None
+                    else {}
+                ),
+            }
         )
         mlflow.log_artifact(str(report_path), artifact_path="drift")
         report_uri = f"runs:/{run.info.run_id}/drift/{REPORT_FILE}"

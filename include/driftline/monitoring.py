@@ -634,6 +634,32 @@ def audit_log(model: str, *, limit: int = 50, url: str | None = None) -> list[di
     return _newest(promotion_audit, model, limit, url)
 
 
+def audit_summary(*, url: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """model -> action -> the newest audit row of that action, with ``count``, the number of
+    rows of that action (two queries, whatever the table's size: for the exporter)."""
+    groups = sa.select(
+        promotion_audit.c.model,
+        promotion_audit.c.action,
+        sa.func.count().label("count"),
+        sa.func.max(promotion_audit.c.id).label("newest"),
+    ).group_by(promotion_audit.c.model, promotion_audit.c.action)
+    with engine(url).connect() as conn:
+        counted = conn.execute(groups).all()
+        ids = [group.newest for group in counted]
+        newest = {
+            row["id"]: row
+            for row in conn.execute(
+                sa.select(promotion_audit).where(promotion_audit.c.id.in_(ids))
+            ).mappings()
+        }
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for group in counted:
+        row = dict(newest[group.newest])
+        row.update(created_at=_aware(row["created_at"]), count=int(group.count))
+        summary.setdefault(group.model, {})[group.action] = row
+    return summary
+
+
 def validation_log(model: str, *, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
     """Newest first."""
     return _newest(validation_results, model, limit, url)
@@ -651,6 +677,17 @@ def drift_report_log(
 ) -> list[dict[str, Any]]:
     """Newest first."""
     return _newest(drift_reports, model, limit, url)
+
+
+def newest_drift_reports(*, url: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every model's newest drift report, by model (one query, for the exporter)."""
+    newest = sa.select(sa.func.max(drift_reports.c.id)).group_by(drift_reports.c.model)
+    with engine(url).connect() as conn:
+        rows = conn.execute(sa.select(drift_reports).where(drift_reports.c.id.in_(newest)))
+        return {
+            row["model"]: {**row, "created_at": _aware(row["created_at"])}
+            for row in rows.mappings()
+        }
 
 
 def create_drift_event(
@@ -802,23 +839,33 @@ def drift_event_log(
 
 def event_counts(model: str, *, url: str | None = None) -> dict[str, dict[str, Any]]:
     """Per status: how many events a model has and when the oldest of them was last updated."""
-    query = (
-        sa.select(
-            drift_events.c.status,
-            sa.func.count().label("count"),
-            sa.type_coerce(sa.func.min(drift_events.c.updated_at), sa.Text).label("oldest"),
-        )
-        .where(drift_events.c.model == model)
-        .group_by(drift_events.c.status)
+    return event_counts_by_model(model, url=url).get(model, {})
+
+
+def event_counts_by_model(
+    model: str | None = None, *, url: str | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`event_counts` for every model (or one) in one query: model -> status -> counts."""
+    query = sa.select(
+        drift_events.c.model,
+        drift_events.c.status,
+        sa.func.count().label("count"),
+        sa.type_coerce(sa.func.min(drift_events.c.updated_at), sa.Text).label("oldest"),
     )
+    if model is not None:
+        query = query.where(drift_events.c.model == model)
+    query = query.group_by(drift_events.c.model, drift_events.c.status)
     with engine(url).connect() as conn:
-        counts = {}
+        counts: dict[str, dict[str, dict[str, Any]]] = {}
         for row in conn.execute(query).mappings():
             try:
                 oldest = _timestamp(row["oldest"])
             except (TypeError, ValueError):
                 oldest = None
-            counts[row["status"]] = {"count": int(row["count"]), "oldest": oldest}
+            counts.setdefault(row["model"], {})[row["status"]] = {
+                "count": int(row["count"]),
+                "oldest": oldest,
+            }
         return counts
 
 

@@ -56,6 +56,13 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "monitoring store (drift reports, events, audit)",
         "sqlite:///$DRIFTLINE_HOME/monitoring.db",
     ),
+    ("DRIFTLINE_EXPORTER_HOST", "address the Prometheus exporter listens on", "127.0.0.1"),
+    ("DRIFTLINE_EXPORTER_PORT", "port of the Prometheus exporter (`make up`)", "9108"),
+    (
+        "DRIFTLINE_EXPORTER_CACHE_SECONDS",
+        "the exporter reads the monitoring store at most once per this period",
+        "10",
+    ),
 )
 
 

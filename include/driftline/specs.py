@@ -129,6 +129,9 @@ class DriftSpec(_Strict):
     # the champion's score distribution: PSI is robust to the long tail of fraud scores
     prediction_method: str = "psi"
     prediction_threshold: float = Field(0.2, gt=0)
+    # served traffic (the prediction log): fewer champion-served rows in the window than this
+    # are reported, not judged
+    min_served_rows: int = Field(200, ge=1)
     # performance decay: alert when the primary metric falls this far below training time,
     # measured on the newest performance_window_days whose labels have matured
     max_metric_drop: float = Field(0.1, ge=0)

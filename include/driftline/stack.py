@@ -41,8 +41,10 @@ AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # does: DRIFTLINE_CELERY_WORKERS of them (default 2), each with its own log-server port.
 CELERY_WORKER = "celery-worker-"
 # Airflow settings taken from the caller's environment (every other AIRFLOW__ variable is the
-# stack's own): the Celery executor's broker, result backend and queue, the heartbeat timeout
+# stack's own): the Celery executor's broker, result backend and queue, the heartbeat timeout,
+# the metrics settings (StatsD / OpenTelemetry, README "Monitoring")
 PASSED_THROUGH = (
+    "AIRFLOW__METRICS__",
     "AIRFLOW__CELERY__",
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__",
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
@@ -99,6 +101,15 @@ def _group_states(pgid: int) -> list[str]:
     return states
 
 
+def _answers(url: str) -> bool:
+    """``url`` answers 200 within 3 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -137,6 +148,8 @@ class Stack:
     # ... closed as compose closes it: MLflow's basic-auth app (deploy/mlflow/start-mlflow.sh,
     # its admin password, CSRF key and allowed hosts from the environment)
     mlflow_basic_auth: bool = False
+    # the Prometheus exporter (`driftline exporter`) over the monitoring store; None: not run
+    exporter_port: int | None = None
     # ports Airflow's processes open beside the API (log servers, scheduler health check);
     # chosen once per stack, see side_ports()
     _side_ports: dict[str, int] = field(default_factory=dict, repr=False)
@@ -178,6 +191,17 @@ class Stack:
     @property
     def mlflow_url(self) -> str | None:
         return f"http://localhost:{self.mlflow_port}" if self.mlflow_port else None
+
+    @property
+    def exporter_host(self) -> str:
+        return os.environ.get("DRIFTLINE_EXPORTER_HOST") or "127.0.0.1"
+
+    @property
+    def exporter_url(self) -> str | None:
+        if not self.exporter_port:
+            return None
+        host = "127.0.0.1" if self.exporter_host in ("0.0.0.0", "") else self.exporter_host
+        return f"http://{host}:{self.exporter_port}"
 
     def env(self) -> dict[str, str]:
         """Environment of every process of the stack."""
@@ -295,6 +319,8 @@ class Stack:
         ports = {"AIRFLOW_PORT": self.port}
         if self.mlflow_port:
             ports["MLFLOW_PORT"] = self.mlflow_port
+        if self.exporter_port:
+            ports["DRIFTLINE_EXPORTER_PORT"] = self.exporter_port
         for variable, port in ports.items():
             if not port_is_free(port):
                 raise DriftlineError(
@@ -381,6 +407,11 @@ class Stack:
                 }
         if "mlflow-ui" in wanted and self.mlflow_port:
             commands["mlflow-ui"] = self.mlflow_command()
+        if "exporter" in wanted and self.exporter_port:
+            commands["exporter"] = [
+                str(Path(sys.executable).with_name("driftline")),
+                *("exporter", "--host", self.exporter_host, "--port", str(self.exporter_port)),
+            ]
         recorded = self.recorded() if alive else {}
         processes: dict[str, int] = {name: recorded["processes"][name] for name in alive}
         identity = {name: recorded.get("identity", {}).get(name) for name in alive}
@@ -405,6 +436,7 @@ class Stack:
                     "identity": identity,
                     "port": self.port,
                     "mlflow_port": self.mlflow_port,
+                    "exporter_port": self.exporter_port,
                     "side_ports": self.side_ports(),
                     "worker_log_ports": recorded_ports,
                 }
@@ -420,7 +452,8 @@ class Stack:
 
     def default_components(self) -> tuple[str, ...]:
         mlflow = ("mlflow-ui",) if self.mlflow_port else ()
-        return (*AIRFLOW_COMPONENTS, *self.celery_workers(), *mlflow)
+        exporter = ("exporter",) if self.exporter_port else ()
+        return (*AIRFLOW_COMPONENTS, *self.celery_workers(), *mlflow, *exporter)
 
     def mlflow_command(self) -> list[str]:
         command = [str(Path(sys.executable).with_name("mlflow")), "server"]
@@ -556,6 +589,7 @@ class Stack:
                     for component in components
                 )
                 and self.mlflow_healthy()
+                and self.exporter_healthy()
             ):
                 return last
             time.sleep(2)
@@ -564,19 +598,23 @@ class Stack:
             if self.mlflow_healthy()
             else f"; the MLflow server at {self.mlflow_url} does not answer"
         )
+        exporter = (
+            ""
+            if self.exporter_healthy()
+            else f"; the exporter at {self.exporter_url}/health does not answer"
+        )
         raise DriftlineError(
-            f"the stack at {self.url} did not become healthy in {timeout:.0f} s: {last}{mlflow}"
+            f"the stack at {self.url} did not become healthy in {timeout:.0f} s: "
+            f"{last}{mlflow}{exporter}"
         )
 
     def mlflow_healthy(self) -> bool:
         """The MLflow server this stack started answers its health check (True if none)."""
-        if not self.mlflow_url:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.mlflow_url}/health", timeout=3) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return not self.mlflow_url or _answers(f"{self.mlflow_url}/health")
+
+    def exporter_healthy(self) -> bool:
+        """The Prometheus exporter this stack started answers /health (True if none)."""
+        return not self.exporter_url or _answers(f"{self.exporter_url}/health")
 
     def password(self, user: str) -> str:
         if not self.passwords_file.is_file():
@@ -628,6 +666,7 @@ def up(
     *,
     port: int = 8080,
     mlflow_port: int | None = 5000,
+    exporter_port: int | None = None,
     model: str = "fraud_detection",
     world: dict[str, int] | None = None,
     days: int = FIRST_RUN_DAYS,
@@ -657,12 +696,14 @@ def up(
         extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", **(extra_env or {})},
         mlflow_server=mlflow_server,
         mlflow_basic_auth=mlflow_basic_auth,
+        exporter_port=exporter_port,
     )
     for message in stack.stale_records():
         say(f"stale record in {stack.state_file}: {message}")
     if stack.running():
         recorded = stack.recorded()
         stack.port, stack.mlflow_port = recorded.get("port", port), recorded.get("mlflow_port")
+        stack.exporter_port = recorded.get("exporter_port")
         broken = stack.not_running()
         if not broken:
             say(f"driftline is already up for {settings.home}")
@@ -702,6 +743,7 @@ def up(
     say(
         f"[4/6] starting Airflow on {stack.url}"
         + (f" and the MLflow UI on {stack.mlflow_url}" if mlflow_port else "")
+        + (f", the Prometheus exporter on {stack.exporter_url}" if exporter_port else "")
     )
     stack.start()
     try:
@@ -821,6 +863,8 @@ def access_summary(stack: Stack, *, first_start: bool) -> str:
     ]
     if stack.mlflow_url:
         lines.append(f"  MLflow UI    {stack.mlflow_url}")
+    if stack.exporter_url:
+        lines.append(f"  metrics      {stack.exporter_url}/metrics   (Prometheus exporter)")
     lines.append("  accounts     admin (administers), operator (triggers and clears runs)")
     if first_start and stack.passwords_file.exists():
         passwords = json.loads(stack.passwords_file.read_text())
@@ -863,6 +907,9 @@ def component_health(settings: Settings | None = None) -> list[dict[str, Any]]:
         elif name == "mlflow-ui":
             stack.mlflow_port = recorded.get("mlflow_port")
             reported = {"status": "healthy" if stack.mlflow_healthy() else "not answering"}
+        elif name == "exporter":
+            stack.exporter_port = recorded.get("exporter_port")
+            reported = {"status": "healthy" if stack.exporter_healthy() else "not answering"}
         rows.append(
             {
                 "component": name,

@@ -160,6 +160,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
             stack = up(
                 port=free_port(),
                 mlflow_port=free_port(),
+                exporter_port=free_port(),
                 world=WORLD,
                 # the first retrain is as of the day after the newest data (one clock), so
                 # its 28-day window starts on day 9: past the world's warm-up week

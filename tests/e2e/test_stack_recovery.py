@@ -51,6 +51,7 @@ def test_up_restarts_only_a_dead_component(running_stack: RunningStack) -> None:
     up(
         port=stack.port,
         mlflow_port=stack.mlflow_port,
+        exporter_port=stack.exporter_port,
         extra_env=stack.extra_env,
         say=messages.append,
     )

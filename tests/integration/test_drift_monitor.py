@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from driftline import monitoring, offline, registry, retrain
+from driftline import monitoring, offline, predlog, registry, retrain
 from driftline.datagen import SCENARIO_MOVES, WATCHED_COLUMNS, generate
 from driftline.drift import NoChampion, _features, column_drift, current_window, monitor
 from driftline.errors import DriftlineError
@@ -24,6 +24,7 @@ from driftline.feature_store import apply_repo
 from driftline.lineage import RunContext
 from driftline.settings import get_settings
 from driftline.specs import load_spec
+from driftline.training import PREDICTION
 from tests.conftest import WORLD, WORLD_DAYS, isolate_environment
 
 MODEL = "fraud_detection"
@@ -84,6 +85,9 @@ def test_baseline_raises_no_event(world: World) -> None:
     assert result.verdict == "no_drift", result.reasons
     assert not set(result.drifted_columns) & set(WATCHED_COLUMNS)
     assert not result.prediction["drifted"]
+    served = result.prediction["served"]
+    assert (served["rows"], served["drifted"], served["score"]) == (0, False, None)
+    assert served["note"].startswith("no served traffic in the window")
     assert result.event_id is None and len(_events()) == before
     stored = monitoring.drift_report_log(MODEL)[0]
     assert (stored["id"], stored["verdict"]) == (result.report_id, "no_drift")
@@ -199,3 +203,61 @@ def test_no_data_before_as_of(world: World) -> None:
         monitor(
             load_spec(MODEL), as_of=datetime(2025, 1, 1, tzinfo=UTC), context=RunContext(run_id="x")
         )
+
+
+def _served_rows(scores: pd.Series, window_start: datetime, version: str, arm: str) -> list[dict]:
+    moments = [window_start + timedelta(seconds=30 * i) for i in range(len(scores))]
+    return [
+        {
+            "request_id": f"{arm}-{i}",
+            "scored_at": moment,
+            "event_timestamp": moment,
+            "transaction_id": f"t{i}",
+            "model": MODEL,
+            "version": version,
+            "arm": arm,
+            "score": float(score),
+            "latency_ms": 3.0,
+            "status": "ok",
+            "error": None,
+            "card_id": i,
+            "merchant_id": i % 150,
+        }
+        for i, (score, moment) in enumerate(zip(scores, moments, strict=True))
+    ]
+
+
+def test_shifted_served_scores_are_prediction_drift_on_served_traffic(world: World) -> None:
+    """The window's data is the baseline (no drift on it, see above); the scores the service
+    answered for it are shifted upward, as a broken feature pipeline in serving would."""
+    spec = load_spec(MODEL)
+    as_of = world.use("baseline")
+    settings = get_settings()
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    window = current_window(spec, as_of, settings.offline_dir)
+    reference = load_reference(MODEL, champion)
+    shifted = (reference[PREDICTION].iloc[:1000] * 3 + 0.2).clip(upper=1.0)
+    keys = {"card_id": pa.int64(), "merchant_id": pa.int64()}
+    predlog.write_rows(
+        settings.offline_dir, MODEL, _served_rows(shifted, window.start, champion, "champion"), keys
+    )
+    canary = reference[PREDICTION].iloc[:300]
+    predlog.write_rows(
+        settings.offline_dir, MODEL, _served_rows(canary, window.start, "999", "candidate"), keys
+    )
+    try:
+        result = monitor(spec, as_of=as_of, context=RunContext(dag_id="test", run_id="served"))
+    finally:
+        shutil.rmtree(predlog.model_dir(settings.offline_dir, MODEL))
+    served = result.prediction["served"]
+    assert served["drifted"], served
+    assert served["score"] > spec.drift.prediction_threshold
+    assert (served["rows"], served["compared_rows"]) == (1300, 1000)
+    assert served["versions"] == {champion: 1000, "999": 300}
+    assert not result.prediction["drifted"]  # the champion re-scoring the window: unmoved
+    assert result.verdict == "drift"
+    assert [r for r in result.reasons if r.startswith("served prediction drift: score ")]
+    assert result.event_extra()["served_prediction_drift"] is True
+    stored = monitoring.drift_report_log(MODEL)[0]
+    assert stored["id"] == result.report_id
+    assert stored["prediction"]["served"]["versions"] == {champion: 1000, "999": 300}

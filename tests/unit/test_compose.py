@@ -119,7 +119,12 @@ def test_a_service_that_can_start_before_the_secrets_are_judged_fails(tmp_path: 
 
 def test_a_volume_nobody_hands_to_its_writer_fails(tmp_path: Path) -> None:
     def other_owner(services: dict) -> None:
-        services["volumes-init"]["command"] = ["bash", "-c", "chown -R 50000:0 /opt/driftline"]
+        services["volumes-init"]["command"] = [
+            "bash",
+            "-c",
+            "chown -R 50000:0 /opt/driftline && chown -R 65534:65534 /prometheus "
+            "&& chown -R 472:0 /var/lib/grafana",
+        ]
 
     assert _broken(tmp_path, other_owner) == [
         "service 'mlflow' runs as 50000:0 and writes volume 'mlflow-artifacts' at /mlartifacts, "
@@ -143,6 +148,7 @@ def test_every_written_volume_is_owned_by_its_writer_in_the_shipped_file() -> No
         if any(":ro" not in str(v) for v in service.get("volumes") or [])
     }
     assert {"mlflow", "airflow-worker", "airflow-init", "volumes-init"} <= writers
+    assert {"prometheus", "grafana"} <= writers
     assert security_problems(compose, COMPOSE.read_text()) == []
 
 
@@ -155,3 +161,35 @@ def test_a_literal_password_after_a_variable_user_is_found(tmp_path: Path) -> No
     assert _broken(tmp_path, literal) == [
         "services.mlflow.command[3] has a literal password in a URL; take it from .env"
     ]
+
+
+def test_prometheus_scrapes_the_monitoring_services_compose_runs() -> None:
+    import yaml
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets["driftline-exporter"] == ["driftline-exporter:9108"]
+    assert "--port" in services["driftline-exporter"]["command"]
+    assert targets["airflow"] == ["statsd-exporter:9102"]
+    assert targets["driftline-serving"] == ["driftline-serve:8000"]
+    # every Airflow component sends its StatsD metrics to that exporter
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"
+    assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter"
+    assert "--statsd.listen-udp=:9125" in services["statsd-exporter"]["command"]
+    assert env["AIRFLOW__METRICS__STATSD_PORT"] == "9125"
+    # images pinned by tag, never latest
+    for name in ("prometheus", "grafana", "statsd-exporter"):
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    # the rules and the dashboard reach the containers
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert (
+        "./deploy/grafana/dashboards:/etc/grafana/dashboards/driftline:ro"
+        in (services["grafana"]["volumes"])
+    )
