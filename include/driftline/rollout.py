@@ -505,7 +505,7 @@ def start(
     ``ChampionMoved`` when the champion is no longer the one it was evaluated against.
     The champion is never touched.
     """
-    from driftline.promotion import ChampionMoved, fault_pause, lease_seconds
+    from driftline.promotion import ChampionMoved, _audit_aborted, fault_pause, lease_seconds
 
     settings = settings or get_settings()
     url = settings.monitoring_db_url
@@ -522,19 +522,9 @@ def start(
             f"{_v(champion)} to {_v(served)} since evaluation (compare-and-set refused); "
             "re-run the evaluation against the new champion"
         )
-        monitoring.append_audit(
-            model=model,
-            action="aborted",
-            actor=actor,
-            challenger_version=version,
-            champion_before=champion,
-            champion_after=served,
-            reasons=[message, *reasons],
-            metrics=metrics,
-            reason=context.reason,
-            dag_id=context.dag_id,
-            run_id=context.run_id,
-            url=url,
+        # the same record as a promotion refused by the compare-and-set
+        _audit_aborted(
+            model, version, champion, served, context, actor, message, reasons, metrics, settings
         )
         raise ChampionMoved(message)
     steps = list(spec.rollout.steps)
@@ -742,21 +732,7 @@ def _resolve(rollout: dict[str, Any], *, by: str, settings: Settings) -> Any:
             f"MLflow's rollout_share moved; undone by {by}: it stays at {rollout['share']:.0%} "
             "and the step is judged again"
         )
-        monitoring.change_rollout(
-            rollout["id"],
-            pending="rollout_step",
-            values=_DONE,
-            audit=_audit(
-                rollout,
-                "undone",
-                share=rollout["share"],
-                step=rollout["step"],
-                reasons=[message],
-                by=by,
-            ),
-            url=url,
-        )
-        return Settled(model, "undone", version, message)
+        return _undo(rollout, message, by=by, settings=settings)
     # rollout_completed: the promotion has its own intent; settle it, then read the champion
     busy = [
         r
@@ -777,21 +753,7 @@ def _resolve(rollout: dict[str, Any], *, by: str, settings: Settings) -> Any:
             f"undone by {by}: v{version} stays candidate at {rollout['share']:.0%} and the "
             "step is judged again"
         )
-        monitoring.change_rollout(
-            rollout["id"],
-            pending="rollout_completed",
-            values=_DONE,
-            audit=_audit(
-                rollout,
-                "undone",
-                share=rollout["share"],
-                step=rollout["step"],
-                reasons=[message],
-                by=by,
-            ),
-            url=url,
-        )
-        return Settled(model, "undone", version, message)
+        return _undo(rollout, message, by=by, settings=settings)
     result = _finish_abort(
         rollout,
         by=by,
@@ -804,6 +766,27 @@ def _resolve(rollout: dict[str, Any], *, by: str, settings: Settings) -> Any:
         settings=settings,
     )
     return Settled(model, "finished", version, result.message)
+
+
+def _undo(rollout: dict[str, Any], message: str, *, by: str, settings: Settings) -> Any:
+    """The change in flight never reached MLflow: drop it; the step stays as it was."""
+    from driftline.promotion import Settled
+
+    monitoring.change_rollout(
+        rollout["id"],
+        pending=rollout["pending_action"],
+        values=_DONE,
+        audit=_audit(
+            rollout,
+            "undone",
+            share=rollout["share"],
+            step=rollout["step"],
+            reasons=[message],
+            by=by,
+        ),
+        url=settings.monitoring_db_url,
+    )
+    return Settled(rollout["model"], "undone", rollout["candidate_version"], message)
 
 
 def check(
