@@ -789,6 +789,26 @@ def _undo(rollout: dict[str, Any], message: str, *, by: str, settings: Settings)
     return Settled(rollout["model"], "undone", rollout["candidate_version"], message)
 
 
+def judge_step(
+    spec: ModelSpec, rollout: dict[str, Any], *, at: datetime, settings: Settings
+) -> Verdict:
+    """The guards on the rollout's current step, from when it began to ``at``, read from the
+    prediction log with the labels matured by ``at``."""
+    began = rollout["step_started_at"]
+    rows = predlog.read(settings.offline_dir, spec.name, start=began, end=at)
+    labels = matured_labels(spec, rows, at=at, offline_dir=settings.offline_dir)
+    return judge_rows(
+        spec.rollout.guards,
+        rows,
+        labels,
+        candidate_version=rollout["candidate_version"],
+        champion_version=rollout["champion_version"],
+        step_minutes=rollout["step_minutes"],
+        start=began,
+        end=at,
+    )
+
+
 def check(
     model: str, *, at: datetime, context: RunContext, settings: Settings | None = None
 ) -> dict[str, Any]:
@@ -837,18 +857,7 @@ def check(
     began = rollout["step_started_at"]
     if began is None or at <= began:
         return {**base, "action": WAIT, "reasons": [f"the step began at {began}; nothing to judge"]}
-    rows = predlog.read(settings.offline_dir, model, start=began, end=at)
-    labels = matured_labels(spec, rows, at=at, offline_dir=settings.offline_dir)
-    verdict = judge_rows(
-        spec.rollout.guards,
-        rows,
-        labels,
-        candidate_version=rollout["candidate_version"],
-        champion_version=rollout["champion_version"],
-        step_minutes=rollout["step_minutes"],
-        start=began,
-        end=at,
-    )
+    verdict = judge_step(spec, rollout, at=at, settings=settings)
     action, reasons = verdict.outcome, list(verdict.reasons)
     if action == RAMP and rollout["status"] == "paused":
         action = WAIT
@@ -1195,19 +1204,7 @@ def status(model: str, *, settings: Settings | None = None) -> dict[str, Any]:
     began = rollout["step_started_at"]
     if rollout["ended_at"] is None and began is not None:
         spec = load_spec(model, settings.models_dir)
-        now = _now()
-        rows = predlog.read(settings.offline_dir, model, start=began, end=now)
-        labels = matured_labels(spec, rows, at=now, offline_dir=settings.offline_dir)
-        verdict = judge_rows(
-            spec.rollout.guards,
-            rows,
-            labels,
-            candidate_version=rollout["candidate_version"],
-            champion_version=rollout["champion_version"],
-            step_minutes=rollout["step_minutes"],
-            start=began,
-            end=now,
-        )
+        verdict = judge_step(spec, rollout, at=_now(), settings=settings)
         entry["verdict_now"] = verdict.as_dict()
     return entry
 
