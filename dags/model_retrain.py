@@ -48,7 +48,10 @@ Every event records the run that consumed it (`driftline events`).
    `previous_champion` keeps the old one), `reject`, or `inconclusive` (too few rows newer
    than both models; the reason says from which as-of date a fair comparison is possible).
    Reject and inconclusive take `keep_champion` (the challenger keeps its reasons as tags):
-   a skipped `promote`, not a failure.
+   a skipped `promote`, not a failure. With `rollout.mode: canary` in the spec and a
+   champion in place, a challenger to promote takes `start_rollout` instead: it becomes
+   the `candidate` at the first traffic share and `<model>_rollout` ramps it (or aborts);
+   while another rollout is open it is held back, with the reason, and nothing moves.
 6. `notify` — one summary of the run.
 
 **Params**
@@ -219,7 +222,8 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
                 decision = stages.decide(
                     model, built["run_dir"], context=run_context(get_current_context())
                 )
-            return "promote" if decision["promote"] else "keep_champion"
+            # promote | start_rollout (the spec's rollout.mode is canary) | keep_champion
+            return decision["route"]
 
         @task(on_success_callback=DriftlineNotifier(event="promotion"))
         def promote(built: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +232,16 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
             # MLflow or the store down, a promotion in flight: retry; champion moved: fail
             with by_kind():
                 return stages.promote(
+                    model, built["run_dir"], context=run_context(get_current_context())
+                )
+
+        @task(on_success_callback=DriftlineNotifier(event="rollout_started"))
+        def start_rollout(built: dict[str, Any]) -> dict[str, Any]:
+            from driftline import retrain as stages
+
+            # a rollout open already: held back (a success, with the reason); MLflow down: retry
+            with by_kind():
+                return stages.start_rollout(
                     model, built["run_dir"], context=run_context(get_current_context())
                 )
 
@@ -265,9 +279,10 @@ def build_retrain_dag(spec: ModelSpec) -> Any:
         evaluated = with_links(evaluate(built, trained), ReportLink(), MlflowRunLink())
         branch = decide(built)
         promoted, kept = promote(built), keep_champion(built)
+        rolled_out = start_rollout(built)
         validated >> trained
-        evaluated >> branch >> [promoted, kept]
-        [promoted, kept] >> notify(built)
+        evaluated >> branch >> [promoted, rolled_out, kept]
+        [promoted, rolled_out, kept] >> notify(built)
 
     return retrain()
 

@@ -350,6 +350,61 @@ def reconcile(
         raise Conflict(f"{len(busy)} promotion(s) still in flight; see above")
 
 
+rollout_app = typer.Typer(
+    help="Canary rollouts: see one, pause or resume its ramp, abort it.", no_args_is_help=True
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """The open (or last) rollout: step, share, and the guards over the current period."""
+    from driftline import rollout
+
+    entry = rollout.status(model)
+    if as_json:
+        typer.echo(json.dumps(entry, indent=2, default=str))
+        return
+    typer.echo(f"== {model}")
+    typer.echo("\n".join(rollout.render_status(entry)))
+
+
+@rollout_app.command("pause")
+def rollout_pause(
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")] = "",
+) -> None:
+    """Stop ramping: the candidate keeps its share; a broken guard still aborts. Audited."""
+    from driftline import rollout
+
+    typer.echo(rollout.pause(model, actor=_actor(), reason=reason).message)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")] = "",
+) -> None:
+    """Ramp again from the current share. Audited."""
+    from driftline import rollout
+
+    typer.echo(rollout.resume(model, actor=_actor(), reason=reason).message)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")],
+    model: Annotated[str, typer.Option(help="registered model")] = "fraud_detection",
+) -> None:
+    """End the rollout: candidate alias and rollout_share cleared, champion untouched. Audited."""
+    from driftline import rollout
+
+    typer.echo(rollout.abort(model, reason=reason, actor=_actor()).message)
+
+
 @app.command()
 def up(
     port: Annotated[int, typer.Option(envvar="AIRFLOW_PORT", help="Airflow UI/API port")] = 8080,

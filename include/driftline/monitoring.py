@@ -917,3 +917,155 @@ def grant_event_writer(role: str, *, url: str | None = None) -> list[str]:
         for statement in statements:
             conn.execute(sa.text(statement))
     return statements
+
+
+# --- canary rollouts ------------------------------------------------------------------------
+
+# A rollout: active (ramping) | paused (share kept, not ramping) -> promoted | aborted |
+# undone (its start never reached MLflow). Open while ended_at is null: at most one per
+# model (a partial unique index). ``pending_action`` is the change in flight between this
+# store and MLflow (rollout_started, rollout_step, rollout_completed, rollout_aborted);
+# ``pending`` holds what finishing or undoing it needs.
+ROLLOUT_STATUSES = ("active", "paused", "promoted", "aborted", "undone")
+OPEN_ROLLOUT = ("active", "paused")
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("candidate_version", sa.String(32), nullable=False),
+    sa.Column("champion_version", sa.String(32), nullable=True),
+    sa.Column("steps", sa.JSON, nullable=False),
+    sa.Column("step_minutes", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("pending_action", sa.String(32), nullable=True),
+    sa.Column("pending", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("end_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+)
+
+# "any pending change, or none": the default expectation of change_rollout
+ANY_PENDING = "*"
+
+
+def _rollout_row(row: Any) -> dict[str, Any]:
+    rollout = dict(row)
+    for key in ("created_at", "step_started_at", "lease_until", "updated_at", "ended_at"):
+        rollout[key] = _aware(rollout[key])
+    return rollout
+
+
+def begin_rollout(
+    *,
+    model: str,
+    candidate: str,
+    champion: str | None,
+    steps: list[float],
+    step_minutes: float,
+    pending: dict[str, Any],
+    lease_seconds: float,
+    actor: str,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    url: str | None = None,
+) -> int | None:
+    """Open a rollout at step 0 with its start in flight; None when one is open already."""
+    from datetime import timedelta
+
+    now = _now()
+    try:
+        with engine(url).begin() as conn:
+            if _open_rollout(conn, model) is not None:
+                return None
+            return _insert(
+                conn,
+                rollouts,
+                created_at=now,
+                model=model,
+                candidate_version=candidate,
+                champion_version=champion,
+                steps=list(steps),
+                step_minutes=step_minutes,
+                status="active",
+                step=0,
+                share=steps[0],
+                pending_action="rollout_started",
+                pending=pending,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+                actor=actor,
+                dag_id=dag_id,
+                run_id=run_id,
+            )
+    except sa.exc.IntegrityError:  # a racing start committed first (the unique index)
+        return None
+
+
+def _open_rollout(conn: sa.Connection, model: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(
+            sa.select(rollouts).where(rollouts.c.model == model, rollouts.c.ended_at.is_(None))
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return _rollout_row(row) if row else None
+
+
+def open_rollout(model: str, *, url: str | None = None) -> dict[str, Any] | None:
+    """The model's rollout that has not ended (active or paused), or None."""
+    with engine(url).connect() as conn:
+        return _open_rollout(conn, model)
+
+
+def rollout_log(model: str, *, limit: int = 20, url: str | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [_rollout_row(row) for row in _newest(rollouts, model, limit, url)]
+
+
+def change_rollout(
+    rollout_id: int,
+    *,
+    statuses: tuple[str, ...] = OPEN_ROLLOUT,
+    pending: str | None = ANY_PENDING,
+    step: int | None = None,
+    values: dict[str, Any],
+    audit: dict[str, Any] | None = None,
+    url: str | None = None,
+) -> bool:
+    """One guarded update of an open rollout, with its audit row, in one transaction.
+
+    The guard: the rollout is open, in one of ``statuses``, at ``step`` (when given), and
+    its change in flight is ``pending`` (None: nothing in flight; ``ANY_PENDING``: either).
+    False, and nothing written, when the guard does not hold: someone else moved it first.
+    """
+    guard = [
+        rollouts.c.id == rollout_id,
+        rollouts.c.ended_at.is_(None),
+        rollouts.c.status.in_(statuses),
+    ]
+    if step is not None:
+        guard.append(rollouts.c.step == step)
+    if pending is None:
+        guard.append(rollouts.c.pending_action.is_(None))
+    elif pending != ANY_PENDING:
+        guard.append(rollouts.c.pending_action == pending)
+    with engine(url).begin() as conn:
+        changed = conn.execute(
+            rollouts.update().where(*guard).values(**values, updated_at=_now())
+        ).rowcount
+        if changed != 1:
+            return False
+        if audit is not None:
+            _insert(conn, promotion_audit, created_at=_now(), **_audit_values(**audit))
+        return True

@@ -451,7 +451,7 @@ def _promote(
             model, version, expected_champion, current, context, actor, reasons, metrics, settings
         )
 
-    _fault_pause()
+    fault_pause()
     intent = next(i for i in monitoring.pending_intents(model, url=url) if i["id"] == intent_id)
     try:
         registry.set_alias(model, registry.PREVIOUS_CHAMPION, previous_after, settings)
@@ -572,7 +572,8 @@ def _audit_aborted(
     )
 
 
-def _fault_pause() -> None:
+def fault_pause() -> None:
+    """Fault drills only: sleep between an intent and the MLflow change it announces."""
     pause = os.environ.get(FAULT_PAUSE_VARIABLE)
     if pause:
         log.warning(

@@ -1,7 +1,8 @@
 """The MLflow model registry as driftline uses it: versions, aliases and lineage tags.
 
 Aliases, not stages (deprecated): ``champion`` serves, ``challenger`` is the newest trained
-candidate, ``previous_champion`` is where a rollback goes. Models are logged in XGBoost's
+candidate, ``previous_champion`` is where a rollback goes, ``candidate`` is the version in a
+canary rollout (with its traffic share in the version tag ``rollout_share``). Models are logged in XGBoost's
 native format (no pickles) and loaded back as boosters.
 
 A registry that cannot be reached (connection refused, a timeout, a 5xx answer, a locked
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
+# the version in a canary rollout; the scoring service routes its share of traffic to it
+CANDIDATE = "candidate"
 
 # MLflow's HTTP client retries an unreachable tracking server for ~4 minutes by default
 # (7 retries, backoff factor 2). driftline gives up after ~10 s instead, so a task fails
@@ -251,6 +254,18 @@ def set_tags(
         mlflow_client = client(settings)
         for key, value in tags.items():
             mlflow_client.set_model_version_tag(model, version, key, str(value))
+
+
+def delete_tag(model: str, version: str, key: str, settings: Settings | None = None) -> None:
+    """Remove a version tag; a tag (or version) that is already gone is fine."""
+    from mlflow.exceptions import MlflowException
+
+    with reaching(settings):
+        try:
+            client(settings).delete_model_version_tag(model, version, key)
+        except MlflowException as exc:
+            if not (_not_found(exc) or exc.error_code == "RESOURCE_DOES_NOT_EXIST"):
+                raise
 
 
 def load_booster(model: str, version: str, settings: Settings | None = None) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 from driftline import monitoring
 from driftline.lineage import RunContext, run_dir
 from driftline.settings import Settings, get_settings
-from driftline.specs import load_spec
+from driftline.specs import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,20 @@ def decide(
         "interval": evaluation.interval,
         "slices": evaluation.slices,
     }
+    result["route"] = route(spec, result)
     write_json(Path(directory) / DECISION_FILE, result)
     log.info("%s: %s — %s", model, decision.outcome, "; ".join(decision.reasons))
     return result
+
+
+def route(spec: ModelSpec, decision: dict[str, Any]) -> str:
+    """The retrain's next task: ``promote`` (direct, or the first champion: a canary needs a
+    champion to compare with), ``start_rollout`` (canary) or ``keep_champion``."""
+    if not decision["promote"]:
+        return "keep_champion"
+    if spec.rollout.mode == "canary" and decision["champion_version"] is not None:
+        return "start_rollout"
+    return "promote"
 
 
 def _decision(directory: str) -> dict[str, Any]:
@@ -209,6 +220,25 @@ def promote(
         model,
         decision["challenger_version"],
         expected_champion=decision["champion_version"],
+        context=context,
+        reasons=decision["reasons"],
+        metrics=_evidence(decision),
+        settings=settings,
+    ).as_dict()
+
+
+def start_rollout(
+    model: str, directory: str, *, context: RunContext, settings: Settings | None = None
+) -> dict[str, Any]:
+    """The canary branch: the challenger becomes the candidate at the first share (or is held
+    back while another rollout is open); the champion does not move."""
+    from driftline.rollout import start
+
+    decision = _decision(directory)
+    return start(
+        model,
+        decision["challenger_version"],
+        champion=decision["champion_version"],
         context=context,
         reasons=decision["reasons"],
         metrics=_evidence(decision),
@@ -252,8 +282,10 @@ def run_all(
     trained = train(model, directory, context=context, settings=settings)
     evaluate(model, directory, trained["version"], settings=settings)
     decision = decide(model, directory, context=context, settings=settings)
-    if decision["promote"]:
+    if decision["route"] == "promote":
         outcome = promote(model, directory, context=context, settings=settings)
+    elif decision["route"] == "start_rollout":
+        outcome = start_rollout(model, directory, context=context, settings=settings)
     else:
         outcome = keep_champion(model, directory, context=context, settings=settings)
     return {"run_dir": directory, "decision": decision, "outcome": outcome}

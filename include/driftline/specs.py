@@ -16,6 +16,7 @@ broken spec shows as an Airflow import error naming the file and the field.
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -196,9 +197,43 @@ class PromotionSpec(_Strict):
     strict_floors: bool = False
 
 
+class RolloutGuards(_Strict):
+    """What a canary step must hold, candidate against champion over the same period."""
+
+    # the candidate's error rate above this AND above the champion's breaks the guard; both
+    # arms above it (an outage of the service, not the model) holds the step instead
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    # the same rule for the 99th percentile of scoring latency, in milliseconds
+    max_p99_latency_ms: float = Field(50.0, gt=0)
+    # population stability index of the candidate's scores against the champion's
+    max_score_psi: float = Field(0.2, gt=0)
+    # champion PR-AUC minus candidate PR-AUC on the period's requests whose labels matured
+    max_pr_auc_drop: float = Field(0.05, ge=0, le=1)
+    # requests each arm needs in the period before the step is judged at all
+    min_requests: int = Field(500, ge=1)
+    # matured positives each arm needs before the PR-AUC guard is judged (else: not judged)
+    min_labeled_positives: int = Field(20, ge=1)
+
+
+class RolloutSpec(_Strict):
+    """How a challenger that passed the offline policy reaches the traffic.
+
+    ``direct``: the champion alias moves at once. ``canary``: the challenger becomes the
+    ``candidate`` and serves ``steps[i]`` of the traffic, each step for at least
+    ``step_minutes`` while the guards hold; the last step (1.0) is the promotion.
+    """
+
+    mode: Literal["direct", "canary"] = "direct"
+    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
+    step_minutes: float = Field(30.0, gt=0)
+    guards: RolloutGuards = RolloutGuards()
+
+
 class ScheduleSpec(_Strict):
     retrain: str = "0 3 * * 1"
     drift_monitor: str = "0 2 * * *"
+    # how often <model>_rollout checks an active canary (a no-op without one)
+    rollout: str = "*/5 * * * *"
 
 
 class ModelSpec(_Strict):
@@ -220,6 +255,7 @@ class ModelSpec(_Strict):
     drift: DriftSpec = DriftSpec()
     training: TrainingSpec = TrainingSpec()
     promotion: PromotionSpec = PromotionSpec()
+    rollout: RolloutSpec = RolloutSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     source: str = ""
 
@@ -327,7 +363,8 @@ def _rule_problems(spec: ModelSpec) -> list[str]:
             )
     from croniter import croniter
 
-    for key in ("retrain", "drift_monitor"):
+    problems.extend(_rollout_problems(spec.rollout))
+    for key in ("retrain", "drift_monitor", "rollout"):
         cron = getattr(spec.schedule, key)
         if not croniter.is_valid(cron) or len(cron.split()) not in (1, 5):
             problems.append(
@@ -337,11 +374,33 @@ def _rule_problems(spec: ModelSpec) -> list[str]:
     return problems
 
 
+def _rollout_problems(rollout: RolloutSpec) -> list[str]:
+    """The steps of a rollout: strictly increasing shares in (0, 1], ending at 1.0."""
+    steps = list(rollout.steps)
+    problems = []
+    if not steps or steps[-1] != 1.0:
+        problems.append(f"rollout.steps: {steps} must end at 1.0 (the step that promotes)")
+    outside = [share for share in steps if not 0 < share <= 1]
+    if outside:
+        problems.append(f"rollout.steps: {steps} has shares outside (0, 1]: {outside}")
+    if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
+        problems.append(f"rollout.steps: {steps} must be strictly increasing")
+    if rollout.mode == "canary" and len(steps) < 2:
+        problems.append(
+            f"rollout.steps: {steps} — a canary needs at least one share below 1.0 "
+            "(at 1.0 no champion traffic is left to compare with)"
+        )
+    return problems
+
+
 def _format_error(path: Path, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         message = str(error["msg"]).removeprefix("Value error, ")
         field = ".".join(str(part) for part in error["loc"])
+        got = error.get("input")
+        if field and not isinstance(got, dict) and len(repr(got)) <= 80:
+            message = f"{message} (got {got!r})"
         problems.append(f"{field}: {message}" if field else message)
     return f"model spec {path} is malformed: " + "; ".join(problems)
 

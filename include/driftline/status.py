@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from driftline import monitoring, registry
+from driftline import monitoring, registry, rollout
 from driftline.settings import Settings, get_settings
-from driftline.specs import loadable_specs
+from driftline.specs import load_spec, loadable_specs
+
+LIVE_WINDOW = timedelta(hours=1)
 
 
 def _when(value: datetime | None) -> str:
@@ -89,7 +91,12 @@ def model_status(
     settings = settings or get_settings()
     url = settings.monitoring_db_url
     aliases = {}
-    for alias in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS_CHAMPION):
+    for alias in (
+        registry.CHAMPION,
+        registry.CHALLENGER,
+        registry.PREVIOUS_CHAMPION,
+        registry.CANDIDATE,
+    ):
         version = registry.alias_version(model, alias, settings)
         entry: dict[str, Any] = {"version": version}
         if version is not None:
@@ -151,9 +158,18 @@ def model_status(
         if reports
         else None
     )
+    now = datetime.now(UTC)
     return {
         "model": model,
         "aliases": aliases,
+        "rollout": rollout.status(model, settings=settings),
+        # live performance per version and arm over the last hour of the prediction log
+        "live": rollout.live_performance(
+            load_spec(model, settings.models_dir),
+            start=now - LIVE_WINDOW,
+            end=now,
+            settings=settings,
+        ),
         "decisions": audit,
         "drift_events_by_status": events_by_status(model, url=url),
         "open_drift_events": open_events,
@@ -181,6 +197,16 @@ def render(statuses: list[dict[str, Any]]) -> str:
                     f"  {alias:18} v{info['version']:<4} pr_auc {info['pr_auc'] or '?':<9} "
                     f"decision {info['decision'] or '?':<15} trained in {info['trained_in'] or '?'}"
                 )
+        if "rollout" in entry:
+            lines.extend(rollout.render_status(entry["rollout"]))
+        for live in entry.get("live", []):
+            pr_auc = "?" if live["pr_auc"] is None else f"{live['pr_auc']:.4f}"
+            p99 = "?" if live["p99_latency_ms"] is None else f"{live['p99_latency_ms']:.1f} ms"
+            lines.append(
+                f"  live (last hour) v{live['version']} {live['arm']:<9} "
+                f"{live['requests']} requests, errors {live['error_rate']:.2%}, p99 {p99}, "
+                f"PR-AUC {pr_auc} on {live['labeled']} matured ({live['positives']} positive)"
+            )
         lines.append("  last decisions:")
         if not entry["decisions"]:
             lines.append("    none yet")

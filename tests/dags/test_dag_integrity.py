@@ -139,6 +139,7 @@ def test_a_broken_spec_costs_only_its_own_model(tmp_path: Path, parse_home: str)
         "feature_materialization",
         "fraud_detection_drift_monitor",
         "fraud_detection_retrain",
+        "fraud_detection_rollout",
     ]
     assert list(parsed["import_errors"]) == [str(SPEC_CHECK)]
     error = parsed["import_errors"][str(SPEC_CHECK)]

@@ -122,6 +122,14 @@ def _message(directory: Path) -> str:
     return ""
 
 
+def test_shipped_spec_has_a_full_rollout_block_in_direct_mode() -> None:
+    # direct: the embedded stack has no live traffic for a canary to be judged on (README)
+    rollout = load_spec("fraud_detection", MODELS).rollout
+    assert rollout.mode == "direct"
+    assert rollout.steps == (0.05, 0.25, 0.5, 1.0) and rollout.step_minutes > 0
+    assert rollout.guards.min_requests >= 1
+
+
 def test_shipped_spec_declares_confidence_and_slices() -> None:
     promotion = load_spec("fraud_detection", MODELS).promotion
     assert (promotion.confidence, promotion.slices) == (0.9, ("channel",))
@@ -191,6 +199,50 @@ def _validation(**changes: object) -> dict:
         (
             {"training": {"window_days": 400}},
             "training.window_days: Input should be less than or equal to 365",
+        ),
+        (
+            {"rollout": {"mode": "canary", "steps": [0.5, 0.25, 1.0]}},
+            "rollout.steps: [0.5, 0.25, 1.0] must be strictly increasing",
+        ),
+        (
+            {"rollout": {"steps": [0.05, 0.5]}},
+            "rollout.steps: [0.05, 0.5] must end at 1.0 (the step that promotes)",
+        ),
+        (
+            {"rollout": {"steps": [0.0, 0.5, 1.0]}},
+            "rollout.steps: [0.0, 0.5, 1.0] has shares outside (0, 1]: [0.0]",
+        ),
+        (
+            {"rollout": {"steps": [0.5, 1.5]}},
+            "rollout.steps: [0.5, 1.5] has shares outside (0, 1]: [1.5]",
+        ),
+        (
+            {"rollout": {"mode": "canary", "steps": [1.0]}},
+            "rollout.steps: [1.0] — a canary needs at least one share below 1.0",
+        ),
+        (
+            {"rollout": {"mode": "gradual"}},
+            "rollout.mode: Input should be 'direct' or 'canary' (got 'gradual')",
+        ),
+        (
+            {"rollout": {"step_minutes": 0}},
+            "rollout.step_minutes: Input should be greater than 0 (got 0)",
+        ),
+        (
+            {"rollout": {"guards": {"max_error_rate": 1.5}}},
+            "rollout.guards.max_error_rate: Input should be less than or equal to 1 (got 1.5)",
+        ),
+        (
+            {"rollout": {"guards": {"min_requests": 0}}},
+            "rollout.guards.min_requests: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"rollout": {"guards": {"max_p99_latency": 50}}},
+            "rollout.guards.max_p99_latency: Extra inputs are not permitted",
+        ),
+        (
+            {"schedule": {"rollout": "every minute"}},
+            "schedule.rollout: 'every minute' is not a valid cron expression",
         ),
     ],
 )
