@@ -97,8 +97,13 @@ def test_own_groups_are_stopped_and_dead_ones_noticed(
     )
     assert "triggerer not running: `make up` restarts only what is dead" in rendered
 
+    began = time.monotonic()
     assert stack.stop(timeout=10) == ["scheduler"]
-    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    # ended by the SIGTERM, well before the SIGKILL that follows the 10 s grace period; the
+    # exit status is not asserted: under load (1 in ~5 full runs at load 13) the sleeper was
+    # seen exiting 0 rather than -SIGTERM, which says nothing about the stop
+    assert time.monotonic() - began < 9
+    assert sleeper.wait(timeout=1) != -signal.SIGKILL
 
 
 def test_a_torn_stack_json_names_the_file(
