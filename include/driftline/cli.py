@@ -362,6 +362,24 @@ def up(
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (DRIFTLINE_SERVE_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (DRIFTLINE_SERVE_PORT, 8000)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (DRIFTLINE_SERVE_WORKERS, 1)")
+    ] = None,
+) -> None:
+    """Serve every model's champion (and canary candidate) over HTTP: FastAPI on uvicorn."""
+    from driftline.serving.app import run
+
+    if workers is not None and workers < 1:
+        _fail(f"--workers {workers} must be 1 or more")
+    run(host=host, port=port, workers=workers)
+
+
+@app.command()
 def down() -> None:
     """Stop what `driftline up` started (by recorded process groups, never by name)."""
     from driftline.stack import down as stop

@@ -80,9 +80,25 @@ def model_inputs(
     return pd.DataFrame(columns, index=frame.index)
 
 
-def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+def to_matrix(
+    frame: pd.DataFrame,
+    spec: ModelSpec,
+    names: list[str] | None = None,
+    label: pd.Series | None = None,
+    nthread: int = -1,
+) -> Any:
+    """The XGBoost matrix of ``frame``: the one way a frame becomes model input, for
+    training, evaluation and the scoring service alike (training-serving parity).
+    ``nthread`` changes only how fast it is built (the service builds one-row matrices on a
+    single thread: OpenMP's start-up costs more than the row)."""
     import xgboost as xgb
 
+    return xgb.DMatrix(
+        model_inputs(frame, spec, names), label=label, enable_categorical=True, nthread=nthread
+    )
+
+
+def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec, *, nthread: int = -1) -> np.ndarray:
     if frame.empty:
         return np.array([], dtype=float)
     # a version trained under an older spec still reads the columns it was trained on
@@ -90,8 +106,7 @@ def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     missing = [name for name in names if name not in frame.columns]
     if missing:
         raise DriftlineError(f"cannot score: the data lacks the model's input columns {missing}")
-    matrix = xgb.DMatrix(model_inputs(frame, spec, names), enable_categorical=True)
-    return booster.predict(matrix)
+    return booster.predict(to_matrix(frame, spec, names, nthread=nthread))
 
 
 def metrics(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> dict[str, float]:
@@ -133,14 +148,8 @@ def fit(spec: ModelSpec, split: Split) -> Any:
                 f"the {part} split of {spec.name} has {len(labels)} rows and "
                 f"{int(labels.sum()) if len(labels) else 0} positives; it needs both classes"
             )
-    dtrain = xgb.DMatrix(
-        model_inputs(split.train, spec), label=split.train[spec.label], enable_categorical=True
-    )
-    dvalid = xgb.DMatrix(
-        model_inputs(split.validation, spec),
-        label=split.validation[spec.label],
-        enable_categorical=True,
-    )
+    dtrain = to_matrix(split.train, spec, label=split.train[spec.label])
+    dvalid = to_matrix(split.validation, spec, label=split.validation[spec.label])
     params = {"seed": spec.training.seed, **spec.training.params}
     booster = xgb.train(
         params,

@@ -1,0 +1,175 @@
+"""What a scoring request may hold, and the feature row the model sees.
+
+The request schema is generated from the model's spec: one strict field per entity key
+(typed from the Feast entity) and per request feature (``float64``/``int64`` with the
+spec's ``validation.ranges`` as bounds, ``category`` as the declared categories), plus an
+optional ``transaction_id`` and ``event_timestamp``. Anything else is refused.
+
+The Feast features come from the online store through the spec's feature service, which
+holds one newest row per entity (whatever materialization last wrote). Training joins the
+offline store point-in-time: the newest row at or before the transaction, or nothing when
+that row is older than the view's TTL. The service applies the same TTL against the
+request's ``event_timestamp`` (default: now), so a value training would not have seen is
+missing here too. A missing value (entity unknown to the online store, or expired) goes to
+the model as NaN, which is how training presents a null from the point-in-time join; the
+response names each such feature and why. The row becomes model input through
+:func:`driftline.training.predict` — the code training and evaluation use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from driftline.clock import utc
+from driftline.errors import InvalidInput, Unavailable
+from driftline.specs import ModelSpec
+
+NOT_FOUND = "not_found"
+EXPIRED = "expired"
+
+
+def _entity_field(python_type: type) -> Any:
+    return Annotated[python_type, Field(strict=True)]
+
+
+def request_model(spec: ModelSpec, entity_types: dict[str, type]) -> type[BaseModel]:
+    """The pydantic model of one row to score, generated from the spec."""
+    fields: dict[str, Any] = {
+        key: (_entity_field(entity_types[key]), ...) for key in spec.entity_keys
+    }
+    ranges = spec.validation.ranges
+    for feature in spec.request_features:
+        low, high = ranges.get(feature.name, (None, None))
+        if feature.dtype == "category":
+            annotation: Any = Literal[tuple(feature.categories)]
+        elif feature.dtype == "int64":
+            annotation = Annotated[int, Field(strict=True, ge=low, le=high)]
+        else:
+            annotation = Annotated[float, Field(strict=True, ge=low, le=high, allow_inf_nan=False)]
+        fields[feature.name] = (annotation, ...)
+    fields["transaction_id"] = (str | None, None)
+    fields["event_timestamp"] = (datetime | None, None)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{spec.name}_row",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        **fields,
+    )
+
+
+def batch_model(row: type[BaseModel], spec: ModelSpec) -> type[BaseModel]:
+    """``{"rows": [row, ...]}``; the size limit is checked before this (413)."""
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{spec.name}_batch",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(list[row], Field(min_length=1)),  # type: ignore[valid-type]
+    )
+
+
+_PYTHON_TYPES = {"INT64": int, "INT32": int, "STRING": str}
+
+
+@dataclass(frozen=True)
+class OnlineRows:
+    """The model's input frame for some request rows, and what was missing per row."""
+
+    frame: pd.DataFrame
+    absent: list[dict[str, str]]
+
+
+class OnlineFeatures:
+    """The spec's feature service on one open Feast store, resolved once.
+
+    The store stays open for the life of the process; its registry cache is refreshed by
+    the service's poller, never by a request.
+    """
+
+    def __init__(self, spec: ModelSpec, store: Any, lock: threading.Lock) -> None:
+        self.spec = spec
+        self.store = store
+        try:
+            self.service = store.get_feature_service(spec.feature_service, allow_cache=False)
+        except Exception as exc:
+            raise InvalidInput(
+                f"feature service {spec.feature_service!r} of {spec.name} ({spec.source}) is "
+                f"not in the Feast registry: {exc}; run `driftline feast apply`"
+            ) from None
+        self.ttl: dict[str, timedelta | None] = {}
+        self.views: dict[str, str] = {}
+        entity_types: dict[str, type] = {}
+        for projection in self.service.feature_view_projections:
+            view = store.get_feature_view(projection.name)
+            for feature in projection.features:
+                self.views[feature.name] = view.name
+                self.ttl[feature.name] = view.ttl or None
+            for column in view.entity_columns:
+                entity_types[column.name] = _PYTHON_TYPES.get(
+                    column.dtype.to_value_type().name, str
+                )
+        self.feast_names = [ref.split(":")[1] for ref in spec.feast_features]
+        unknown = [name for name in self.feast_names if name not in self.views]
+        if unknown:
+            raise InvalidInput(
+                f"{spec.name} ({spec.source}) reads {unknown}, which feature service "
+                f"{spec.feature_service!r} does not serve; run `driftline feast apply`"
+            )
+        self.entity_types = {key: entity_types.get(key, int) for key in spec.entity_keys}
+        # the store's online connection is shared by every model and thread (SQLite: one
+        # connection); reads take turns
+        self._lock = lock
+
+    def read(self, rows: Sequence[dict[str, Any]], now: datetime) -> OnlineRows:
+        """Online values for ``rows`` (validated request rows, as dicts)."""
+        spec = self.spec
+        entity_rows = [{key: row[key] for key in spec.entity_keys} for row in rows]
+        try:
+            with self._lock:
+                response = self.store.get_online_features(
+                    features=self.service, entity_rows=entity_rows
+                )
+        except Exception as exc:
+            raise Unavailable(f"Feast online store read failed: {exc}") from exc
+        proto = response.proto
+        index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
+        values = response.to_dict()
+        references = [utc(row.get("event_timestamp") or now) for row in rows]
+        absent: list[dict[str, str]] = [{} for _ in rows]
+        columns: dict[str, list[Any]] = {}
+        for name in self.feast_names:
+            result = proto.results[index[name]]
+            column = list(values[name])
+            ttl = self.ttl[name]
+            for i, status in enumerate(result.statuses):
+                if status != 1:  # FieldStatus.PRESENT
+                    absent[i][name] = NOT_FOUND
+                    column[i] = None
+                elif ttl is not None:
+                    stamp = result.event_timestamps[i]
+                    written = datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+                    if references[i] - written > ttl:
+                        absent[i][name] = EXPIRED
+                        column[i] = None
+            columns[name] = column
+        frame = pd.DataFrame(
+            {
+                **{f.name: [row[f.name] for row in rows] for f in spec.request_features},
+                **columns,
+            }
+        )
+        return OnlineRows(frame=frame, absent=absent)
+
+    def freshness(self) -> dict[str, datetime | None]:
+        """Each feature view's last materialized end, as the registry records it."""
+        project = self.store.project
+        ends = {}
+        for name in sorted(set(self.views.values())):
+            view = self.store.registry.get_feature_view(name, project, allow_cache=False)
+            end = view.most_recent_end_time
+            ends[name] = utc(end) if end is not None else None
+        return ends
