@@ -354,11 +354,15 @@ def reconcile(
 def up(
     port: Annotated[int, typer.Option(envvar="AIRFLOW_PORT", help="Airflow UI/API port")] = 8080,
     mlflow_port: Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow UI port")] = 5000,
+    serve_port: Annotated[
+        int, typer.Option(envvar="DRIFTLINE_SERVE_PORT", help="scoring service port")
+    ] = 8000,
 ) -> None:
-    """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion)."""
+    """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion, the
+    scoring service)."""
     from driftline.stack import up as start
 
-    start(port=port, mlflow_port=mlflow_port, say=typer.echo)
+    start(port=port, mlflow_port=mlflow_port, serve_port=serve_port, say=typer.echo)
 
 
 @app.command()

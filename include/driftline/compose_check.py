@@ -33,6 +33,7 @@ REQUIRED_SERVICES = (
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "serving",
 )
 ONE_SHOT = {"secrets-check", "volumes-init", "airflow-init"}
 SECRETS_CHECK = "secrets-check"

@@ -113,7 +113,7 @@ class ModelHolder:
                     )
                 except DriftlineError as exc:
                     self.aliases.share_problem = str(exc)
-                if candidate is None or candidate.version != mv.version:
+                if candidate is None or candidate.version != str(mv.version):
                     candidate, share = None, 0.0  # not loadable (yet): all to the champion
             else:
                 self.failures.pop(CANDIDATE, None)
