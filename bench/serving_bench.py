@@ -124,8 +124,6 @@ def floors(rows: list[dict[str, Any]], calls: int = 2000) -> dict[str, Any]:
     """Per-call latency of the parts the service cannot avoid, measured in this process."""
     import threading
 
-    import pandas as pd
-
     from driftline import registry, training
     from driftline.feature_store import get_store
     from driftline.serving.features import OnlineFeatures
@@ -138,7 +136,7 @@ def floors(rows: list[dict[str, Any]], calls: int = 2000) -> dict[str, Any]:
     booster = registry.load_booster(MODEL, registry.alias_version(MODEL, registry.CHAMPION))
     booster.set_param({"nthread": 1})
     row = dict(rows[0], event_timestamp=datetime.fromisoformat(rows[0]["event_timestamp"]))
-    frame = features.read([row], datetime.now(UTC)).frame
+    frame = features.read([row], datetime.now(UTC)).columns
     matrix = training.to_matrix(frame, spec, list(booster.feature_names), nthread=1)
     entity = [{"card_id": row["card_id"], "merchant_id": row["merchant_id"]}]
 
@@ -156,9 +154,7 @@ def floors(rows: list[dict[str, Any]], calls: int = 2000) -> dict[str, Any]:
 
     return {
         "xgboost_predict": timed(lambda: booster.predict(matrix)),
-        "feature_row_and_predict": timed(
-            lambda: training.predict(booster, pd.DataFrame(frame), spec, nthread=1)
-        ),
+        "feature_row_and_predict": timed(lambda: training.predict(booster, frame, spec, nthread=1)),
         "feast_online_read": timed(
             lambda: store.get_online_features(features=features.service, entity_rows=entity)
         ),

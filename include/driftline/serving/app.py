@@ -225,7 +225,7 @@ class Service:
             absent = online.absent
             for arm in sorted(set(arms)):
                 index = [i for i, a in enumerate(arms) if a == arm]
-                frame = online.frame if len(index) == len(values) else online.frame.iloc[index]
+                frame = online.columns if len(index) == len(values) else online.select(index)
                 scores[index] = training.predict(loaded[arm].booster, frame, spec, nthread=1)
         except Unavailable as exc:
             reason, error = "features", str(exc)
@@ -332,10 +332,7 @@ class Service:
 
 def _warm(spec: ModelSpec, booster: Any) -> None:
     """Score one all-missing row: a booster's first prediction is slow, let no request pay."""
-    import pandas as pd
-
-    frame = pd.DataFrame({name: [None] for name in spec.feature_names})
-    training.predict(booster, frame, spec, nthread=1)
+    training.predict(booster, {name: [None] for name in spec.feature_names}, spec, nthread=1)
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from driftline.clock import utc
@@ -77,10 +76,14 @@ _PYTHON_TYPES = {"INT64": int, "INT32": int, "STRING": str}
 
 @dataclass(frozen=True)
 class OnlineRows:
-    """The model's input frame for some request rows, and what was missing per row."""
+    """The model's input columns for some request rows (plain lists, what
+    :func:`driftline.training.model_inputs` reads), and what was missing per row."""
 
-    frame: pd.DataFrame
+    columns: dict[str, list[Any]]
     absent: list[dict[str, str]]
+
+    def select(self, index: list[int]) -> dict[str, list[Any]]:
+        return {name: [values[i] for i in index] for name, values in self.columns.items()}
 
 
 class OnlineFeatures:
@@ -156,13 +159,9 @@ class OnlineFeatures:
                         absent[i][name] = EXPIRED
                         column[i] = None
             columns[name] = column
-        frame = pd.DataFrame(
-            {
-                **{f.name: [row[f.name] for row in rows] for f in spec.request_features},
-                **columns,
-            }
-        )
-        return OnlineRows(frame=frame, absent=absent)
+        for feature in spec.request_features:
+            columns[feature.name] = [row[feature.name] for row in rows]
+        return OnlineRows(columns=columns, absent=absent)
 
     def freshness(self) -> dict[str, datetime | None]:
         """Each feature view's last materialized end, as the registry records it."""
