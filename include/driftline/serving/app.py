@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from driftline import predlog, training
+from driftline.clock import utc
 from driftline.errors import DriftlineError, Unavailable
 from driftline.serving.features import OnlineFeatures, batch_model, request_model
 from driftline.serving.metrics import ServiceMetrics
@@ -242,7 +243,7 @@ class Service:
                 {
                     "request_id": request_id,
                     "scored_at": scored_at,
-                    "event_timestamp": value.get("event_timestamp") or scored_at,
+                    "event_timestamp": utc(value.get("event_timestamp") or scored_at),
                     "transaction_id": value.get("transaction_id"),
                     "model": model,
                     "version": version,
