@@ -120,12 +120,8 @@ def to_matrix(
     spec: ModelSpec,
     names: list[str] | None = None,
     label: pd.Series | None = None,
-    nthread: int = -1,
 ) -> Any:
-    """The XGBoost matrix of ``frame``: the one way a frame becomes model input, for
-    training, evaluation and the scoring service alike (training-serving parity).
-    ``nthread`` changes only how fast it is built (the service builds one-row matrices on a
-    single thread: OpenMP's start-up costs more than the row)."""
+    """The XGBoost training matrix of ``frame`` (its :func:`model_inputs`)."""
     import xgboost as xgb
 
     inputs = model_inputs(frame, spec, names)
@@ -135,7 +131,6 @@ def to_matrix(
         feature_names=inputs.names,
         feature_types=inputs.types,
         enable_categorical=True,
-        nthread=nthread,
     )
 
 
@@ -145,7 +140,10 @@ def _rows(frame: Columns) -> int:
     return len(next(iter(frame.values()), ()))
 
 
-def predict(booster: Any, frame: Columns, spec: ModelSpec, *, nthread: int = -1) -> np.ndarray:
+def predict(booster: Any, frame: Columns, spec: ModelSpec) -> np.ndarray:
+    """Scores of ``frame``'s rows: its :func:`model_inputs` straight into the booster
+    (``inplace_predict``: no matrix to build, the same scores as a DMatrix, thread-safe) —
+    for evaluation, drift and the scoring service alike (training-serving parity)."""
     if _rows(frame) == 0:
         return np.array([], dtype=float)
     # a version trained under an older spec still reads the columns it was trained on
@@ -153,7 +151,7 @@ def predict(booster: Any, frame: Columns, spec: ModelSpec, *, nthread: int = -1)
     missing = [name for name in names if name not in frame]
     if missing:
         raise DriftlineError(f"cannot score: the data lacks the model's input columns {missing}")
-    return booster.predict(to_matrix(frame, spec, names, nthread=nthread))
+    return booster.inplace_predict(model_inputs(frame, spec, names).values)
 
 
 def metrics(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> dict[str, float]:

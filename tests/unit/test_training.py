@@ -79,7 +79,7 @@ def test_the_matrix_scores_as_xgboost_scores_pandas_categoricals(frame: pd.DataF
     np.testing.assert_array_equal(predict(booster, rows, SPEC), expected)
     records = rows[SPEC.feature_names].astype("object").where(rows.notna(), None)
     one_by_one = [
-        predict(booster, {k: [v] for k, v in record.items()}, SPEC, nthread=1)[0]
+        predict(booster, {k: [v] for k, v in record.items()}, SPEC)[0]
         for record in records.to_dict("records")
     ]
     np.testing.assert_array_equal(np.array(one_by_one, dtype="float32"), expected)

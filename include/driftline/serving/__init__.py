@@ -2,8 +2,9 @@
 registry and the Feast online store.
 
 * :mod:`~driftline.serving.features` — the request schema generated from the model's spec,
-  the Feast online read, and the feature row (built by :func:`driftline.training.to_matrix`,
-  the function training uses: training-serving parity).
+  the Feast online read, and the feature row (scored by :func:`driftline.training.predict`
+  through :func:`driftline.training.model_inputs`, the code training and evaluation use:
+  training-serving parity).
 * :mod:`~driftline.serving.models` — the versions the aliases point at, reloaded off the
   request path when an alias moves and swapped atomically.
 * :mod:`~driftline.serving.routing` — the canary contract: which arm a request goes to.

@@ -227,7 +227,7 @@ class Service:
             for arm in sorted(set(arms)):
                 index = [i for i, a in enumerate(arms) if a == arm]
                 frame = online.columns if len(index) == len(values) else online.select(index)
-                scores[index] = training.predict(loaded[arm].booster, frame, spec, nthread=1)
+                scores[index] = training.predict(loaded[arm].booster, frame, spec)
         except Unavailable as exc:
             reason, error = "features", str(exc)
         except Exception as exc:
@@ -333,7 +333,7 @@ class Service:
 
 def _warm(spec: ModelSpec, booster: Any) -> None:
     """Score one all-missing row: a booster's first prediction is slow, let no request pay."""
-    training.predict(booster, {name: [None] for name in spec.feature_names}, spec, nthread=1)
+    training.predict(booster, {name: [None] for name in spec.feature_names}, spec)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -398,7 +398,9 @@ def create_app(service: Service | None = None) -> FastAPI:
         except ValidationError as exc:
             _reject(served, "invalid")
             return invalid(exc)
-        results = await run_in_threadpool(service.score, served, [row], "score", received)
+        # one row costs about a millisecond of CPU, less than a hop to the thread pool and
+        # back; a batch (below) goes to the pool so it never holds up single requests
+        results = service.score(served, [row], "score", received)
         return JSONResponse(results[0])
 
     @app.post("/v1/models/{model}/score/batch")
