@@ -5,8 +5,9 @@ The request schema is generated from the model's spec: one strict field per enti
 spec's ``validation.ranges`` as bounds, ``category`` as the declared categories), plus an
 optional ``transaction_id`` and ``event_timestamp``. Anything else is refused.
 
-The Feast features come from the online store through the spec's feature service, which
-holds one newest row per entity (whatever materialization last wrote). Training joins the
+The Feast features come from the online store (the views of the spec's feature service,
+resolved once; the store stays open), which holds one newest row per entity (whatever
+materialization last wrote). Training joins the
 offline store point-in-time: the newest row at or before the transaction, or nothing when
 that row is older than the view's TTL. The service applies the same TTL against the
 request's ``event_timestamp`` (default: now), so a value training would not have seen is
