@@ -76,6 +76,21 @@ _PYTHON_TYPES = {"INT64": int, "INT32": int, "STRING": str}
 _PROTO_FIELDS = {"INT64": "int64_val", "INT32": "int32_val", "STRING": "string_val"}
 
 
+def _python(values: dict[str, Any]) -> dict[str, Any]:
+    """Feast ValueProtos as Python scalars (None for a null), as Feast's
+    ``feast_value_type_to_python_type`` gives them for the scalar types features have."""
+    from feast.type_map import feast_value_type_to_python_type
+
+    out = {}
+    for name, value in values.items():
+        kind = value.WhichOneof("val")
+        if kind in ("int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"):
+            out[name] = getattr(value, kind)
+        else:  # null (None), or a type without a plain scalar: Feast's own conversion
+            out[name] = feast_value_type_to_python_type(value)
+    return out
+
+
 def _entity_key(keys: list[tuple[str, Any]], row: dict[str, Any]) -> Any:
     """Feast's entity key of ``row`` for a view joined on ``keys`` (name, ValueType)."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -157,15 +172,21 @@ class OnlineFeatures:
         One ``online_read`` per feature view through the store's provider — the call
         ``FeatureStore.get_online_features`` makes underneath, without re-resolving the
         feature service and building a response proto on every request (measured: a third
-        of its cost). Feast's Python types come back (``feast_value_type_to_python_type``).
+        of its cost), once per distinct entity of the rows.
         """
-        from feast.type_map import feast_value_type_to_python_type
-
         references = [utc(row.get("event_timestamp") or now) for row in rows]
         absent: list[dict[str, str]] = [{} for _ in rows]
         columns: dict[str, list[Any]] = {}
         for view, keys, wanted in self._reads:
-            entity_keys = [_entity_key(keys, row) for row in rows]
+            # one read per distinct entity (a batch repeats merchants and cards)
+            distinct: dict[tuple[Any, ...], int] = {}
+            slots = [
+                distinct.setdefault(tuple(row[k] for k, _ in keys), len(distinct)) for row in rows
+            ]
+            entity_keys = [
+                _entity_key(keys, dict(zip([k for k, _ in keys], key, strict=True)))
+                for key in distinct
+            ]
             try:
                 with self._lock:
                     found = self.store.provider.online_read(
@@ -176,20 +197,23 @@ class OnlineFeatures:
                     )
             except Exception as exc:
                 raise Unavailable(f"Feast online store read of {view.name} failed: {exc}") from exc
+            decoded = [
+                (utc(written) if written else None, _python(values) if values else None)
+                for written, values in found
+            ]
             ttl = view.ttl or None
             for name in wanted:
                 columns[name] = [None] * len(rows)
-            for i, (written, values) in enumerate(found):
-                expired = (
-                    ttl is not None and written is not None and references[i] - utc(written) > ttl
-                )
+            for i, slot in enumerate(slots):
+                written, values = decoded[slot]
+                expired = ttl is not None and written is not None and references[i] - written > ttl
                 for name in wanted:
                     if values is None or name not in values:
                         absent[i][name] = NOT_FOUND
                     elif expired:
                         absent[i][name] = EXPIRED
                     else:
-                        columns[name][i] = feast_value_type_to_python_type(values[name])
+                        columns[name][i] = values[name]
         for feature in self.spec.request_features:
             columns[feature.name] = [row[feature.name] for row in rows]
         return OnlineRows(columns=columns, absent=absent)
