@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # Exports AIRFLOW_HOME, DAGS/PLUGINS folders, Feast and MLflow locations from driftline.settings.
 DRIFTLINE_ENV = eval "$$($(BIN)/driftline env)"
 
-.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast test-simulation bench bench-events generate apply materialize clean-state
+.PHONY: help setup lock up down demo status mlflow-ui lint format test test-fast test-simulation bench bench-events bench-serving generate apply materialize clean-state
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,7 +32,7 @@ $(STAMP): requirements.lock pyproject.toml
 lock: ## re-resolve requirements.txt into the hashed requirements.lock
 	$(BIN)/uv pip compile requirements.txt --python-version 3.11 --generate-hashes -o requirements.lock --quiet
 
-up: setup ## start the embedded stack: data, Feast, Airflow on :8080 (AIRFLOW_PORT), MLflow UI on :5000, a first champion
+up: setup ## start the embedded stack: data, Feast, Airflow on :8080 (AIRFLOW_PORT), MLflow UI on :5000, a first champion, scoring on :8000 (DRIFTLINE_SERVE_PORT)
 	$(BIN)/driftline up
 
 down: ## stop exactly what `make up` started
@@ -61,10 +61,14 @@ test-fast: setup ## unit and DAG-integrity tests only
 test-simulation: setup ## the concept-drift simulation through a live stack (~17 min; not in make test)
 	$(BIN)/pytest -m simulation tests/e2e/test_simulate.py
 
-bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
+bench: setup ## retrain, drift, event and scoring benchmarks (SIZES default 100k,1m labeled rows); not part of make test
 	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
 	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
 	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
+	$(BIN)/python bench/serving_bench.py
+
+bench-serving: setup ## scoring service: 200 req/s open loop for 60 s x 3, 1,000-row batches, floors; exits 1 on a missed goal
+	$(BIN)/python bench/serving_bench.py
 
 bench-events: setup ## drift event -> retrain first task latency on the embedded stack (p50/p95)
 	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py

@@ -412,11 +412,39 @@ def up(
     exporter_port: Annotated[
         int, typer.Option(envvar="DRIFTLINE_EXPORTER_PORT", help="Prometheus exporter port")
     ] = 9108,
+    serve_port: Annotated[
+        int, typer.Option(envvar="DRIFTLINE_SERVE_PORT", help="scoring service port")
+    ] = 8000,
 ) -> None:
-    """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion)."""
+    """Start the embedded stack (data, Feast, Airflow, MLflow UI, a first champion, the
+    scoring service)."""
     from driftline.stack import up as start
 
-    start(port=port, mlflow_port=mlflow_port, exporter_port=exporter_port, say=typer.echo)
+    start(
+        port=port,
+        mlflow_port=mlflow_port,
+        exporter_port=exporter_port,
+        serve_port=serve_port,
+        say=typer.echo,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (DRIFTLINE_SERVE_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (DRIFTLINE_SERVE_PORT, 8000)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (DRIFTLINE_SERVE_WORKERS, 1)")
+    ] = None,
+) -> None:
+    """Serve every model's champion (and canary candidate) over HTTP: FastAPI on uvicorn."""
+    from driftline.serving.app import run
+
+    if workers is not None and workers < 1:
+        _fail(f"--workers {workers} must be 1 or more")
+    run(host=host, port=port, workers=workers)
 
 
 @app.command()

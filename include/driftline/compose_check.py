@@ -37,6 +37,7 @@ REQUIRED_SERVICES = (
     "statsd-exporter",
     "prometheus",
     "grafana",
+    "serving",
 )
 ONE_SHOT = {"secrets-check", "volumes-init", "airflow-init"}
 SECRETS_CHECK = "secrets-check"

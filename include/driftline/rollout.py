@@ -33,7 +33,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,26 +46,16 @@ from driftline import monitoring, predlog, registry
 from driftline.clock import utc
 from driftline.errors import Conflict, InvalidInput
 from driftline.lineage import RunContext
+from driftline.serving.routing import ROLLOUT_SHARE_TAG as SHARE_TAG
 from driftline.settings import Settings, get_settings
 from driftline.specs import ModelSpec, RolloutGuards, load_spec
 
 log = logging.getLogger(__name__)
 
-SHARE_TAG = "rollout_share"
 RAMP, WAIT, ABORT, COMPLETE = "ramp", "wait", "abort", "complete"
 # the PSI of two score samples, on quantile bins of the champion's scores
 PSI_BINS = 10
 _PSI_FLOOR = 1e-4
-
-
-def stable_fraction(model: str, key: Any) -> float:
-    """Where an entity falls in [0, 1): the canary contract's routing hash.
-
-    The scoring service sends an entity to the candidate when this is below its share, so a
-    card sees one model, and a card on the candidate stays there as the share grows.
-    """
-    digest = hashlib.sha256(f"{model}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _v(version: str | None) -> str:

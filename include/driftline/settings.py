@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,15 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "the exporter reads the monitoring store at most once per this period",
         "10",
     ),
+    ("DRIFTLINE_SERVE_HOST", "scoring service: address it listens on", "127.0.0.1"),
+    ("DRIFTLINE_SERVE_PORT", "scoring service: port (`make up` starts it there)", "8000"),
+    ("DRIFTLINE_SERVE_WORKERS", "scoring service: uvicorn worker processes", "1"),
+    (
+        "DRIFTLINE_SERVE_POLL_SECONDS",
+        "scoring service: how often it checks the registry's aliases",
+        "2",
+    ),
+    ("DRIFTLINE_SERVE_MAX_BATCH", "scoring service: most rows one batch request may hold", "1000"),
 )
 
 
@@ -85,6 +95,11 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_artifacts: Path
     monitoring_db_url: str
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_workers: int = 1
+    serve_poll_seconds: float = 2.0
+    serve_max_batch: int = 1000
 
     def feast_env(self) -> dict[str, str]:
         """Variables ``feature_store.yaml`` expands (Feast runs ``os.path.expandvars`` on it)."""
@@ -129,6 +144,23 @@ def _path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def _number(name: str, default: float, kind: type, minimum: float) -> Any:
+    raw = os.environ.get(name)
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        from driftline.errors import InvalidInput
+
+        raise InvalidInput(
+            f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'} >= {minimum}"
+        )
+    return value
+
+
 def get_settings() -> Settings:
     """Read the environment now. Cheap; call it where a location is needed, not at import."""
     home = _path("DRIFTLINE_HOME", REPO_ROOT / ".local")
@@ -152,4 +184,9 @@ def get_settings() -> Settings:
         mlflow_artifacts=_path("DRIFTLINE_MLFLOW_ARTIFACTS", mlflow_dir / "artifacts"),
         monitoring_db_url=os.environ.get("DRIFTLINE_MONITORING_DB_URL")
         or f"sqlite:///{home / 'monitoring.db'}",
+        serve_host=os.environ.get("DRIFTLINE_SERVE_HOST") or "127.0.0.1",
+        serve_port=_number("DRIFTLINE_SERVE_PORT", 8000, int, 1),
+        serve_workers=_number("DRIFTLINE_SERVE_WORKERS", 1, int, 1),
+        serve_poll_seconds=_number("DRIFTLINE_SERVE_POLL_SECONDS", 2.0, float, 0.1),
+        serve_max_batch=_number("DRIFTLINE_SERVE_MAX_BATCH", 1000, int, 1),
     )

@@ -1,4 +1,5 @@
-"""The local stack: Airflow's components (and the MLflow UI) as background processes.
+"""The local stack: Airflow's components, the MLflow UI and the scoring service as background
+processes.
 
 ``driftline up`` / ``make up`` start them, ``driftline down`` / ``make down`` stop exactly
 what was started — by the process-group ids recorded in ``$DRIFTLINE_HOME/run/stack.json``,
@@ -37,6 +38,8 @@ from driftline.files import write_json
 from driftline.settings import REPO_ROOT, Settings, get_settings
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# the scoring service, `driftline serve`
+SERVE = "serve"
 # With AIRFLOW__CORE__EXECUTOR=CeleryExecutor the stack also runs Celery workers, as compose
 # does: DRIFTLINE_CELERY_WORKERS of them (default 2), each with its own log-server port.
 CELERY_WORKER = "celery-worker-"
@@ -141,6 +144,8 @@ class Stack:
     settings: Settings = field(default_factory=get_settings)
     port: int = 8080
     mlflow_port: int | None = None
+    # the scoring service (`driftline serve`), component "serve", when set
+    serve_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # production profile: the MLflow process is the tracking server itself (backend store
     # URL, artifact destination); clients reach it through MLFLOW_TRACKING_URI over HTTP
@@ -202,6 +207,9 @@ class Stack:
             return None
         host = "127.0.0.1" if self.exporter_host in ("0.0.0.0", "") else self.exporter_host
         return f"http://{host}:{self.exporter_port}"
+
+    def serve_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.serve_port}" if self.serve_port else None
 
     def env(self) -> dict[str, str]:
         """Environment of every process of the stack."""
@@ -321,6 +329,8 @@ class Stack:
             ports["MLFLOW_PORT"] = self.mlflow_port
         if self.exporter_port:
             ports["DRIFTLINE_EXPORTER_PORT"] = self.exporter_port
+        if self.serve_port:
+            ports["DRIFTLINE_SERVE_PORT"] = self.serve_port
         for variable, port in ports.items():
             if not port_is_free(port):
                 raise DriftlineError(
@@ -412,6 +422,16 @@ class Stack:
                 str(Path(sys.executable).with_name("driftline")),
                 *("exporter", "--host", self.exporter_host, "--port", str(self.exporter_port)),
             ]
+        if SERVE in wanted and self.serve_port:
+            if alive and not port_is_free(self.serve_port):
+                raise DriftlineError(
+                    f"port {self.serve_port} (DRIFTLINE_SERVE_PORT) is already in use; "
+                    "the scoring service cannot start again"
+                )
+            commands[SERVE] = [
+                str(Path(sys.executable).with_name("driftline")),
+                *("serve", "--host", "127.0.0.1", "--port", str(self.serve_port)),
+            ]
         recorded = self.recorded() if alive else {}
         processes: dict[str, int] = {name: recorded["processes"][name] for name in alive}
         identity = {name: recorded.get("identity", {}).get(name) for name in alive}
@@ -437,6 +457,7 @@ class Stack:
                     "port": self.port,
                     "mlflow_port": self.mlflow_port,
                     "exporter_port": self.exporter_port,
+                    "serve_port": self.serve_port,
                     "side_ports": self.side_ports(),
                     "worker_log_ports": recorded_ports,
                 }
@@ -453,7 +474,8 @@ class Stack:
     def default_components(self) -> tuple[str, ...]:
         mlflow = ("mlflow-ui",) if self.mlflow_port else ()
         exporter = ("exporter",) if self.exporter_port else ()
-        return (*AIRFLOW_COMPONENTS, *self.celery_workers(), *mlflow, *exporter)
+        serve = (SERVE,) if self.serve_port else ()
+        return (*AIRFLOW_COMPONENTS, *self.celery_workers(), *mlflow, *exporter, *serve)
 
     def mlflow_command(self) -> list[str]:
         command = [str(Path(sys.executable).with_name("mlflow")), "server"]
@@ -590,6 +612,7 @@ class Stack:
                 )
                 and self.mlflow_healthy()
                 and self.exporter_healthy()
+                and self.serve_health() is not None
             ):
                 return last
             time.sleep(2)
@@ -603,6 +626,8 @@ class Stack:
             if self.exporter_healthy()
             else f"; the exporter at {self.exporter_url}/health does not answer"
         )
+        if self.serve_health() is None:
+            mlflow += f"; the scoring service at {self.serve_url} does not answer"
         raise DriftlineError(
             f"the stack at {self.url} did not become healthy in {timeout:.0f} s: "
             f"{last}{mlflow}{exporter}"
@@ -615,6 +640,34 @@ class Stack:
     def exporter_healthy(self) -> bool:
         """The Prometheus exporter this stack started answers /health (True if none)."""
         return not self.exporter_url or _answers(f"{self.exporter_url}/health")
+
+    def serve_health(self) -> dict[str, Any] | None:
+        """The scoring service's ``/health`` ({} when this stack runs none; None: no answer)."""
+        if not self.serve_url:
+            return {}
+        try:
+            with urllib.request.urlopen(f"{self.serve_url}/health", timeout=3) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def wait_serving(self, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the scoring service has loaded every model's champion (``/ready``)."""
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.serve_url}/ready", timeout=3) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                body = error.read().decode(errors="replace")
+            except (urllib.error.URLError, OSError) as error:
+                body = str(error)
+            time.sleep(1)
+        raise DriftlineError(
+            f"the scoring service at {self.serve_url} is not ready after {timeout:.0f} s: "
+            f"{body}; see {self.log_dir}/{SERVE}.log"
+        )
 
     def password(self, user: str) -> str:
         if not self.passwords_file.is_file():
@@ -667,6 +720,7 @@ def up(
     port: int = 8080,
     mlflow_port: int | None = 5000,
     exporter_port: int | None = None,
+    serve_port: int | None = None,
     model: str = "fraud_detection",
     world: dict[str, int] | None = None,
     days: int = FIRST_RUN_DAYS,
@@ -692,6 +746,7 @@ def up(
         settings=settings,
         port=port,
         mlflow_port=mlflow_port,
+        serve_port=serve_port,
         # `make up` unpauses every DAG (and so starts the drift watcher)
         extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", **(extra_env or {})},
         mlflow_server=mlflow_server,
@@ -704,6 +759,7 @@ def up(
         recorded = stack.recorded()
         stack.port, stack.mlflow_port = recorded.get("port", port), recorded.get("mlflow_port")
         stack.exporter_port = recorded.get("exporter_port")
+        stack.serve_port = recorded.get("serve_port")
         broken = stack.not_running()
         if not broken:
             say(f"driftline is already up for {settings.home}")
@@ -742,7 +798,8 @@ def up(
     first_start = not stack.passwords_file.exists()
     say(
         f"[4/6] starting Airflow on {stack.url}"
-        + (f" and the MLflow UI on {stack.mlflow_url}" if mlflow_port else "")
+        + (f", the MLflow UI on {stack.mlflow_url}" if mlflow_port else "")
+        + (f", the scoring service on {stack.serve_url}" if serve_port else "")
         + (f", the Prometheus exporter on {stack.exporter_url}" if exporter_port else "")
     )
     stack.start()
@@ -793,6 +850,9 @@ def up(
             say(f"      champion: {model} v{champion}")
         else:
             say(f"[5/6] {model} already has a champion")
+        if stack.serve_url:
+            stack.wait_serving(timeout=timeout)
+            say(f"      the scoring service serves the champion at {stack.serve_url}")
     except BaseException:
         say(f"start-up failed; stopping what was started (logs stay in {stack.log_dir})")
         stack.stop()
@@ -865,6 +925,8 @@ def access_summary(stack: Stack, *, first_start: bool) -> str:
         lines.append(f"  MLflow UI    {stack.mlflow_url}")
     if stack.exporter_url:
         lines.append(f"  metrics      {stack.exporter_url}/metrics   (Prometheus exporter)")
+    if stack.serve_url:
+        lines.append(f"  scoring      {stack.serve_url}/v1/models   (README: Serving)")
     lines.append("  accounts     admin (administers), operator (triggers and clears runs)")
     if first_start and stack.passwords_file.exists():
         passwords = json.loads(stack.passwords_file.read_text())
@@ -910,6 +972,11 @@ def component_health(settings: Settings | None = None) -> list[dict[str, Any]]:
         elif name == "exporter":
             stack.exporter_port = recorded.get("exporter_port")
             reported = {"status": "healthy" if stack.exporter_healthy() else "not answering"}
+        elif name == SERVE:
+            stack.serve_port = recorded.get("serve_port")
+            served = stack.serve_health()
+            # "degraded": alive, but a version failed to load or the registry is unreachable
+            reported = {"status": "not answering" if served is None else served["status"]}
         rows.append(
             {
                 "component": name,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,35 +64,94 @@ def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
     )
 
 
-def model_inputs(
-    frame: pd.DataFrame, spec: ModelSpec, names: list[str] | None = None
-) -> pd.DataFrame:
+# what a frame may be: a DataFrame, or (the scoring service) columns of plain lists
+Columns = pd.DataFrame | Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The model's input columns as one float64 array, with XGBoost's names and types."""
+
+    values: np.ndarray
+    names: list[str]
+    types: list[str]  # "float" or "c" (categorical: the code in the spec's category list)
+
+
+def _numbers(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    try:
+        return np.asarray(values, dtype="float64")  # None -> NaN
+    except (TypeError, ValueError):
+        return _numbers(pd.Series(list(values), dtype="object"))
+
+
+def _codes(values: Any, categories: tuple[str, ...]) -> np.ndarray:
+    index = {category: float(code) for code, category in enumerate(categories)}
+    items = values.to_numpy(dtype="object") if isinstance(values, pd.Series) else values
+    return np.fromiter(
+        (index.get(v, np.nan) if isinstance(v, str) else np.nan for v in items),
+        dtype="float64",
+        count=len(items),
+    )
+
+
+def model_inputs(frame: Columns, spec: ModelSpec, names: list[str] | None = None) -> ModelInputs:
     """The model's input columns (default: the spec's, in spec order): numbers as float64,
-    categories as pandas categoricals over the spec's fixed category list (unknown values
-    become missing)."""
-    columns = {}
-    for name in names or spec.feature_names:
-        if name in spec.categorical:
-            columns[name] = pd.Categorical(
-                frame[name].astype("object"), categories=list(spec.categorical[name])
-            )
-        else:
-            columns[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    return pd.DataFrame(columns, index=frame.index)
+    categories as their code in the spec's fixed category list (unknown values and nulls
+    become missing). Exactly what XGBoost makes of pandas categoricals over that list
+    (tests/unit/test_training.py checks it), without pandas' per-column cost: the service
+    builds a one-row matrix per request with this function."""
+    names = list(names or spec.feature_names)
+    categorical = spec.categorical
+    columns = [
+        _codes(frame[name], categorical[name]) if name in categorical else _numbers(frame[name])
+        for name in names
+    ]
+    return ModelInputs(
+        values=np.column_stack(columns) if columns else np.empty((0, 0)),
+        names=names,
+        types=["c" if name in categorical else "float" for name in names],
+    )
 
 
-def predict(booster: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+def to_matrix(
+    frame: Columns,
+    spec: ModelSpec,
+    names: list[str] | None = None,
+    label: pd.Series | None = None,
+) -> Any:
+    """The XGBoost training matrix of ``frame`` (its :func:`model_inputs`)."""
     import xgboost as xgb
 
-    if frame.empty:
+    inputs = model_inputs(frame, spec, names)
+    return xgb.DMatrix(
+        inputs.values,
+        label=label,
+        feature_names=inputs.names,
+        feature_types=inputs.types,
+        enable_categorical=True,
+    )
+
+
+def _rows(frame: Columns) -> int:
+    if isinstance(frame, pd.DataFrame):
+        return len(frame)
+    return len(next(iter(frame.values()), ()))
+
+
+def predict(booster: Any, frame: Columns, spec: ModelSpec) -> np.ndarray:
+    """Scores of ``frame``'s rows: its :func:`model_inputs` straight into the booster
+    (``inplace_predict``: no matrix to build, the same scores as a DMatrix, thread-safe) —
+    for evaluation, drift and the scoring service alike (training-serving parity)."""
+    if _rows(frame) == 0:
         return np.array([], dtype=float)
     # a version trained under an older spec still reads the columns it was trained on
     names = list(booster.feature_names or spec.feature_names)
-    missing = [name for name in names if name not in frame.columns]
+    missing = [name for name in names if name not in frame]
     if missing:
         raise DriftlineError(f"cannot score: the data lacks the model's input columns {missing}")
-    matrix = xgb.DMatrix(model_inputs(frame, spec, names), enable_categorical=True)
-    return booster.predict(matrix)
+    return booster.inplace_predict(model_inputs(frame, spec, names).values)
 
 
 def metrics(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> dict[str, float]:
@@ -133,14 +193,8 @@ def fit(spec: ModelSpec, split: Split) -> Any:
                 f"the {part} split of {spec.name} has {len(labels)} rows and "
                 f"{int(labels.sum()) if len(labels) else 0} positives; it needs both classes"
             )
-    dtrain = xgb.DMatrix(
-        model_inputs(split.train, spec), label=split.train[spec.label], enable_categorical=True
-    )
-    dvalid = xgb.DMatrix(
-        model_inputs(split.validation, spec),
-        label=split.validation[spec.label],
-        enable_categorical=True,
-    )
+    dtrain = to_matrix(split.train, spec, label=split.train[spec.label])
+    dvalid = to_matrix(split.validation, spec, label=split.validation[spec.label])
     params = {"seed": spec.training.seed, **spec.training.params}
     booster = xgb.train(
         params,

@@ -1,6 +1,6 @@
 """A running driftline stack for end-to-end tests, started the way `make up` starts it
-(`driftline.stack.up`): real api-server, scheduler, dag-processor, triggerer and MLflow UI
-processes on free ports, in a temporary state directory, with a webhook receiver for the
+(`driftline.stack.up`): real api-server, scheduler, dag-processor, triggerer, MLflow UI and
+scoring-service processes on free ports, in a temporary state directory, with a webhook receiver for the
 notifications. Everything is stopped by recorded process groups, even when a test fails."""
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
                 port=free_port(),
                 mlflow_port=free_port(),
                 exporter_port=free_port(),
+                serve_port=free_port(),
                 world=WORLD,
                 # the first retrain is as of the day after the newest data (one clock), so
                 # its 28-day window starts on day 9: past the world's warm-up week

@@ -31,6 +31,7 @@ from driftline import monitoring, predlog, registry, rollout
 from driftline.datagen import generate
 from driftline.feature_store import apply_repo
 from driftline.lineage import RunContext, run_dir
+from driftline.serving import routing
 from driftline.settings import REPO_ROOT, get_settings
 from driftline.specs import load_spec
 from driftline.status import render
@@ -94,7 +95,7 @@ class Stack:
         spec = load_spec(MODEL)
         frame = self.pool
         share = state["share"]
-        on_candidate = frame["card_id"].map(lambda c: rollout.stable_fraction(MODEL, c) < share)
+        on_candidate = frame["card_id"].map(lambda c: routing.stable_fraction(MODEL, c) < share)
         rows = []
         for arm, version, mask in (
             ("candidate", state["candidate_version"], on_candidate),

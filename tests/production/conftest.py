@@ -242,6 +242,7 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
             stack = up(
                 port=free_port(),
                 mlflow_port=mlflow_port,
+                serve_port=free_port(),
                 world=WORLD,
                 # the first retrain is as of the day after the newest data (one clock), so
                 # its 28-day window starts on day 9: past the world's warm-up week

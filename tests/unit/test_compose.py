@@ -176,7 +176,7 @@ def test_prometheus_scrapes_the_monitoring_services_compose_runs() -> None:
     assert targets["driftline-exporter"] == ["driftline-exporter:9108"]
     assert "--port" in services["driftline-exporter"]["command"]
     assert targets["airflow"] == ["statsd-exporter:9102"]
-    assert targets["driftline-serving"] == ["driftline-serve:8000"]
+    assert targets["driftline-serving"] == ["serving:8000"]
     # every Airflow component sends its StatsD metrics to that exporter
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"

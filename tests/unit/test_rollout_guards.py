@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftline.rollout import ABORT, RAMP, WAIT, judge_rows, psi, stable_fraction
+from driftline.rollout import ABORT, RAMP, WAIT, judge_rows, psi
+from driftline.serving.routing import stable_fraction
 from driftline.specs import RolloutGuards
 
 GUARDS = RolloutGuards(

@@ -42,14 +42,47 @@ def test_model_inputs_follow_the_spec(frame: pd.DataFrame) -> None:
     inputs = model_inputs(
         frame.assign(channel=frame["channel"].replace("online", "telepathy")), SPEC
     )
-    assert list(inputs.columns) == SPEC.feature_names
-    assert list(inputs["channel"].cat.categories) == ["chip", "contactless", "online"]
-    assert (
-        inputs["channel"].isna().sum() == (frame["channel"] == "online").sum()
-    )  # unknown -> missing
-    assert all(
-        inputs[c].dtype == "float64" for c in SPEC.feature_names if c not in SPEC.categorical
+    assert inputs.names == SPEC.feature_names
+    assert inputs.values.dtype == "float64" and inputs.values.shape == (len(frame), 13)
+    assert inputs.types == ["c" if n in SPEC.categorical else "float" for n in SPEC.feature_names]
+    channel = inputs.values[:, inputs.names.index("channel")]
+    # codes in the spec's fixed list (chip, contactless, online); unknown -> missing
+    assert set(np.unique(channel[~np.isnan(channel)])) == {0.0, 1.0}
+    assert np.isnan(channel).sum() == (frame["channel"] == "online").sum()
+    amount = inputs.values[:, inputs.names.index("amount")]
+    np.testing.assert_array_equal(amount, frame["amount"].to_numpy(dtype="float64"))
+
+
+def test_the_matrix_scores_as_xgboost_scores_pandas_categoricals(frame: pd.DataFrame) -> None:
+    """The serving path (plain lists, one row at a time) and the training path (a frame) give
+    the scores XGBoost gives for pandas categoricals over the spec's category lists — with
+    unknown categories and nulls — so no model scores differently for how rows arrive."""
+    import xgboost as xgb
+
+    split = time_split(frame, SPEC, window_of(SPEC, frame))
+    booster = fit(SPEC, split)
+    rows = split.holdout.head(300).copy()
+    rows.loc[rows.index[:20], "merchant_category"] = "casino"
+    rows.loc[rows.index[20:40], "channel"] = None
+    rows.loc[rows.index[40:60], "card_amount_mean_7d"] = np.nan
+    as_pandas = pd.DataFrame(
+        {
+            name: (
+                pd.Categorical(rows[name].astype("object"), categories=list(SPEC.categorical[name]))
+                if name in SPEC.categorical
+                else pd.to_numeric(rows[name], errors="coerce").astype("float64")
+            )
+            for name in SPEC.feature_names
+        }
     )
+    expected = booster.predict(xgb.DMatrix(as_pandas, enable_categorical=True))
+    np.testing.assert_array_equal(predict(booster, rows, SPEC), expected)
+    records = rows[SPEC.feature_names].astype("object").where(rows.notna(), None)
+    one_by_one = [
+        predict(booster, {k: [v] for k, v in record.items()}, SPEC)[0]
+        for record in records.to_dict("records")
+    ]
+    np.testing.assert_array_equal(np.array(one_by_one, dtype="float32"), expected)
 
 
 def test_training_is_deterministic_and_learns(frame: pd.DataFrame) -> None:
