@@ -208,6 +208,7 @@ class Stack:
         host = "127.0.0.1" if self.exporter_host in ("0.0.0.0", "") else self.exporter_host
         return f"http://{host}:{self.exporter_port}"
 
+    @property
     def serve_url(self) -> str | None:
         return f"http://127.0.0.1:{self.serve_port}" if self.serve_port else None
 

@@ -42,6 +42,7 @@ from driftline.stack import (
 )
 from tests.conftest import EARLY_START, SMALL, isolate_environment
 from tests.e2e.conftest import wait_for
+from tests.prometheus import running_prometheus
 
 MODEL = "fraud_detection"
 AS_OF = datetime(2026, 2, 10, tzinfo=UTC)
@@ -387,6 +388,57 @@ def test_canary_routing_follows_the_stable_hash_and_is_logged(world: World) -> N
         {**GOOD, "card_id": next(c for c in range(400) if expected[c] == "candidate")}
     )
     assert response.json()["arm"] == "champion"
+
+
+def test_a_real_prometheus_counts_exactly_the_requests_scored(world: World, tmp_path: Path) -> None:
+    """A real Prometheus scraping the service: after a known number of good and bad
+    requests, PromQL returns the request and error counts, the latency histogram's count and
+    the loaded version, by model, version and arm."""
+    version = world.served()["loaded"]["champion"]["version"]
+    ok = {"model": MODEL, "version": version, "arm": "champion"}
+    ok_requests = {**ok, "endpoint": "score", "outcome": "ok"}
+    target = world.stack.serve_url.removeprefix("http://")
+    with running_prometheus(tmp_path / "prometheus", {"driftline-serving": [target]}) as prom:
+        prom.wait_for_targets()
+
+        def scraped(name: str, labels: dict[str, str]) -> float:
+            """The value Prometheus holds once it has caught up with the service's /metrics."""
+            selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            direct = world.metric(name, **labels)
+            return prom.wait_for(
+                f"{name}{{{selector}}} = {direct}",
+                lambda: prom.value(f"{name}{{{selector}}}") == direct and direct,
+                timeout=30,
+            )
+
+        before = {
+            "requests": world.metric("driftline_serving_requests_total", **ok_requests),
+            "latency": world.metric(
+                "driftline_serving_request_seconds_count", **ok, endpoint="score"
+            ),
+            "invalid": world.metric(
+                "driftline_serving_errors_total", model=MODEL, reason="invalid"
+            ),
+        }
+        for _, row in world.newest_day.head(30).iterrows():
+            response = world.score(_request(row, world.online_as_of))
+            assert response.status_code == 200, response.text
+        for _ in range(4):
+            assert world.score({**GOOD, "hour": 24}).status_code == 422
+
+        requests = scraped("driftline_serving_requests_total", ok_requests)
+        assert requests == before["requests"] + 30
+        latency = scraped("driftline_serving_request_seconds_count", {**ok, "endpoint": "score"})
+        assert latency == before["latency"] + 30
+        invalid = scraped("driftline_serving_errors_total", {"model": MODEL, "reason": "invalid"})
+        assert invalid == before["invalid"] + 4
+        loaded = prom.value(f'driftline_serving_loaded_version{{model="{MODEL}",alias="champion"}}')
+        assert loaded == float(version)
+        # the alert rule's error ratio over what was just scored: no scoring error
+        failed = prom.query(
+            f'driftline_serving_errors_total{{model="{MODEL}",reason=~"features|scoring"}}'
+        )
+        assert sum(sample["value"] for sample in failed) == 0, failed
 
 
 def test_stopping_the_stack_stops_the_service(world: World) -> None:
