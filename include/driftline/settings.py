@@ -56,6 +56,12 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "monitoring store (drift reports, events, audit)",
         "sqlite:///$DRIFTLINE_HOME/monitoring.db",
     ),
+    (
+        "DRIFTLINE_DASK_SCHEDULER",
+        "Dask scheduler for training.engine: dask, tcp://host:port; overrides the spec's "
+        "training.dask.scheduler_address",
+        "(unset)",
+    ),
 )
 
 
@@ -78,6 +84,7 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_artifacts: Path
     monitoring_db_url: str
+    dask_scheduler: str | None = None
 
     def feast_env(self) -> dict[str, str]:
         """Variables ``feature_store.yaml`` expands (Feast runs ``os.path.expandvars`` on it)."""
@@ -113,6 +120,8 @@ class Settings:
             ),
             "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
         }
+        if self.dask_scheduler:
+            env["DRIFTLINE_DASK_SCHEDULER"] = self.dask_scheduler
         env.update(self.feast_env())
         return env
 
@@ -145,4 +154,5 @@ def get_settings() -> Settings:
         mlflow_artifacts=_path("DRIFTLINE_MLFLOW_ARTIFACTS", mlflow_dir / "artifacts"),
         monitoring_db_url=os.environ.get("DRIFTLINE_MONITORING_DB_URL")
         or f"sqlite:///{home / 'monitoring.db'}",
+        dask_scheduler=os.environ.get("DRIFTLINE_DASK_SCHEDULER") or None,
     )
