@@ -5,6 +5,8 @@ $DRIFTLINE_HOME/bench/<size>, is generated the same way and shared), it builds t
 set once through the real build stage (Feast), then fits the shipped spec's model with:
 
 * local — ``training.fit``: one process, the spec's ``nthread`` (2);
+* local, 1 thread — the same with ``nthread: 1``: on a loaded machine two OpenMP threads
+          wait on each other, and this separates that cost from what Dask itself changes;
 * dask  — ``training_dask.fit_dask`` on a ``LocalCluster`` of 2 worker processes × 1 thread
           started here (or on ``--scheduler tcp://host:port``).
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.retrain_bench import MODEL, SIZES, prepare  # noqa: E402
 from bench.rss import PeakRSS  # noqa: E402
+from driftline.specs import ModelSpec  # noqa: E402
 
 # the world, the training set and the fits: measured 1M rows at about 4 GB with 2 workers
 GB_PER_MILLION_ROWS = 4.0
@@ -68,6 +71,12 @@ def _summary(seconds: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
 
 
+def _with(spec: ModelSpec, **training: object) -> ModelSpec:
+    raw = spec.model_dump()
+    raw["training"].update(training)
+    return type(spec).model_validate(raw)
+
+
 def measure(size: str, repeats: int, scheduler: str | None) -> dict:
     import pandas as pd
 
@@ -79,7 +88,8 @@ def measure(size: str, repeats: int, scheduler: str | None) -> dict:
 
     root = Path(os.environ.get("DRIFTLINE_HOME", REPO / ".local")).resolve() / "bench"
     home = root / size
-    as_of = prepare(size, home)  # sets DRIFTLINE_HOME to home for this process
+    os.environ["DRIFTLINE_HOME"] = str(home)  # prepare sets it only when it generates
+    as_of = prepare(size, home)
     directory = _training_set(home, as_of)
     spec = load_spec(MODEL, get_settings().models_dir)
     fingerprint = read_fingerprint(directory)
@@ -113,6 +123,15 @@ def measure(size: str, repeats: int, scheduler: str | None) -> dict:
             "best_iteration": int(booster.attr("best_iteration")),
             "holdout": metrics(labels, local_scores, spec.training.target_fpr),
         }
+        one_thread = _with(spec, params={**spec.training.params, "nthread": 1})
+        fit(one_thread, warmup)
+        seconds, peak, booster = _timed(lambda: fit(one_thread, split), repeats, sampler)
+        result["local_1_thread"] = {
+            "seconds": seconds,
+            **_summary(seconds),
+            "peak_rss_gb": peak,
+            "best_iteration": int(booster.attr("best_iteration")),
+        }
         cluster = None
         started = time.perf_counter()
         if scheduler is None:
@@ -124,10 +143,7 @@ def measure(size: str, repeats: int, scheduler: str | None) -> dict:
             scheduler = cluster.scheduler_address
         try:
             cluster_start = round(time.perf_counter() - started, 2)
-            raw = spec.model_dump()
-            raw["training"]["engine"] = "dask"
-            raw["training"]["dask"] = {"scheduler_address": scheduler}
-            dask_spec = type(spec).model_validate(raw)
+            dask_spec = _with(spec, engine="dask", dask={"scheduler_address": scheduler})
             fit_dask(dask_spec, warmup)
             seconds, peak, booster = _timed(lambda: fit_dask(dask_spec, split), repeats, sampler)
             dask_scores = predict(booster, split.holdout, spec)
@@ -183,11 +199,13 @@ def main() -> None:
     out = REPO / "bench" / "results" / f"dask-{args.size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    local, dask = result["local"], result["dask"]
+    runs = ", ".join(
+        f"{name} {result[name]['median_s']} s ({result[name]['min_s']}-{result[name]['max_s']})"
+        for name in ("local", "local_1_thread", "dask")
+    )
     print(
         f"[{args.size}] {result['rows']['train']:,} training rows; fit median (min-max) of "
-        f"{args.repeats}: local {local['median_s']} s ({local['min_s']}-{local['max_s']}), "
-        f"dask {dask['median_s']} s ({dask['min_s']}-{dask['max_s']}); "
+        f"{args.repeats}: {runs}; "
         f"dask - local {result['dask_minus_local']}; load {result['load_average']}; {out}"
     )
 
