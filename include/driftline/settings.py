@@ -73,6 +73,12 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "2",
     ),
     ("DRIFTLINE_SERVE_MAX_BATCH", "scoring service: most rows one batch request may hold", "1000"),
+    (
+        "DRIFTLINE_DASK_SCHEDULER",
+        "Dask scheduler for training.engine: dask, tcp://host:port; overrides the spec's "
+        "training.dask.scheduler_address",
+        "(unset)",
+    ),
 )
 
 
@@ -100,6 +106,7 @@ class Settings:
     serve_workers: int = 1
     serve_poll_seconds: float = 2.0
     serve_max_batch: int = 1000
+    dask_scheduler: str | None = None
 
     def feast_env(self) -> dict[str, str]:
         """Variables ``feature_store.yaml`` expands (Feast runs ``os.path.expandvars`` on it)."""
@@ -135,6 +142,8 @@ class Settings:
             ),
             "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
         }
+        if self.dask_scheduler:
+            env["DRIFTLINE_DASK_SCHEDULER"] = self.dask_scheduler
         env.update(self.feast_env())
         return env
 
@@ -189,4 +198,5 @@ def get_settings() -> Settings:
         serve_workers=_number("DRIFTLINE_SERVE_WORKERS", 1, int, 1),
         serve_poll_seconds=_number("DRIFTLINE_SERVE_POLL_SECONDS", 2.0, float, 0.1),
         serve_max_batch=_number("DRIFTLINE_SERVE_MAX_BATCH", 1000, int, 1),
+        dask_scheduler=os.environ.get("DRIFTLINE_DASK_SCHEDULER") or None,
     )

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from driftline.errors import DriftlineError, InvalidInput
 from driftline.settings import get_settings
@@ -151,7 +158,43 @@ class DriftSpec(_Strict):
     event_lease_seconds: float = Field(300, ge=10)
 
 
+# tcp://host:port or tls://host:port — what dask.distributed.Client accepts for a scheduler
+_DASK_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+DASK_SCHEDULER_ENV = "DRIFTLINE_DASK_SCHEDULER"
+
+
+def dask_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a Dask scheduler address, or None when it is one."""
+    match = _DASK_ADDRESS.match(address)
+    if match is None:
+        return f"{address!r} is not a Dask scheduler address; write tcp://host:port (or tls://)"
+    if not 1 <= int(match.group(3)) <= 65535:
+        return f"{address!r} has port {match.group(3)}, outside 1-65535"
+    return None
+
+
+class DaskSpec(_Strict):
+    """Where ``training.engine: dask`` trains. DRIFTLINE_DASK_SCHEDULER, when set, overrides
+    the address (the deployment says where its cluster is; the spec keeps a default)."""
+
+    scheduler_address: str | None = None
+    # how long connecting to the scheduler (and waiting for a first worker) may take before
+    # the train task fails as Unavailable, naming the address; Airflow then retries it
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address_is_one(cls, address: str | None) -> str | None:
+        problem = address and dask_address_problem(address)
+        if problem:
+            raise ValueError(problem)
+        return address
+
+
 class TrainingSpec(_Strict):
+    # local: xgboost.train in the task's process; dask: xgboost.dask on a Dask cluster
+    engine: Literal["local", "dask"] = "local"
+    dask: DaskSpec = DaskSpec()
     window_days: int = Field(28, ge=3, le=MAX_WINDOW_DAYS)
     validation_days: int = Field(3, ge=1)
     holdout_days: int = Field(4, ge=1)
@@ -169,6 +212,17 @@ class TrainingSpec(_Strict):
             raise ValueError(
                 f"validation_days + holdout_days ({self.validation_days + self.holdout_days}) "
                 f"must be smaller than window_days ({self.window_days})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dask_has_an_address(self) -> TrainingSpec:
+        if self.engine == "dask" and not (
+            self.dask.scheduler_address or get_settings().dask_scheduler
+        ):
+            raise ValueError(
+                "engine 'dask' needs a scheduler address: set training.dask.scheduler_address "
+                f"(tcp://host:port) or {DASK_SCHEDULER_ENV}; neither is set"
             )
         return self
 

@@ -2,7 +2,9 @@
 
 Splits are by time, never random: the newest ``holdout_days`` of the training window are the
 holdout, the ``validation_days`` before them drive early stopping, the rest trains. The
-seed is fixed. The registered version carries the training-set fingerprint, the feature
+seed is fixed. ``training.engine`` decides only where the trees are fit (``fit`` in this
+process, or ``training_dask.fit_dask`` on a Dask cluster); the split, the metrics, the
+registration and the reference sample are the same for both. The registered version carries the training-set fingerprint, the feature
 service, the git commit and the Airflow run that made it, its as-of time and
 ``trained_until`` (the holdout start: no row before it may judge this model against
 another); alias ``challenger`` points at it.
@@ -181,11 +183,8 @@ def metrics(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> dict[s
     }
 
 
-def fit(spec: ModelSpec, split: Split) -> Any:
-    """XGBoost with the spec's parameters, early-stopped on the validation days; the
-    returned booster holds only the trees up to the best iteration."""
-    import xgboost as xgb
-
+def check_trainable(spec: ModelSpec, split: Split) -> None:
+    """Both classes in the train and the validation split, whatever the engine."""
     for part in ("train", "validation"):
         labels = getattr(split, part)[spec.label]
         if len(labels) == 0 or labels.nunique() < 2:
@@ -193,21 +192,37 @@ def fit(spec: ModelSpec, split: Split) -> Any:
                 f"the {part} split of {spec.name} has {len(labels)} rows and "
                 f"{int(labels.sum()) if len(labels) else 0} positives; it needs both classes"
             )
+
+
+def xgb_params(spec: ModelSpec) -> dict[str, Any]:
+    return {"seed": spec.training.seed, **spec.training.params}
+
+
+def best_trees(booster: Any) -> Any:
+    """The booster cut to its best iteration, which it records as ``best_iteration``."""
+    best = booster.best_iteration
+    trimmed = booster[: best + 1]
+    trimmed.set_attr(best_iteration=str(best))
+    return trimmed
+
+
+def fit(spec: ModelSpec, split: Split) -> Any:
+    """XGBoost with the spec's parameters, early-stopped on the validation days; the
+    returned booster holds only the trees up to the best iteration."""
+    import xgboost as xgb
+
+    check_trainable(spec, split)
     dtrain = to_matrix(split.train, spec, label=split.train[spec.label])
     dvalid = to_matrix(split.validation, spec, label=split.validation[spec.label])
-    params = {"seed": spec.training.seed, **spec.training.params}
     booster = xgb.train(
-        params,
+        xgb_params(spec),
         dtrain,
         num_boost_round=spec.training.num_boost_round,
         evals=[(dvalid, "validation")],
         early_stopping_rounds=spec.training.early_stopping_rounds,
         verbose_eval=False,
     )
-    best = booster.best_iteration
-    trimmed = booster[: best + 1]
-    trimmed.set_attr(best_iteration=str(best))
-    return trimmed
+    return best_trees(booster)
 
 
 def _signature(spec: ModelSpec) -> Any:
@@ -269,7 +284,12 @@ def train(
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
     frame = pd.read_parquet(run_dir / TRAINING_FILE)
     split = time_split(frame, spec, window)
-    booster = fit(spec, split)
+    if spec.training.engine == "dask":
+        from driftline.training_dask import fit_dask
+
+        booster = fit_dask(spec, split, settings=settings)
+    else:
+        booster = fit(spec, split)
 
     holdout_metrics = metrics(
         split.holdout[spec.label].to_numpy(),
@@ -306,6 +326,7 @@ def train(
         "model_spec": spec.source,
         "reference_artifact": REFERENCE_ARTIFACT,
         "best_iteration": booster.attr("best_iteration"),
+        "training_engine": spec.training.engine,
     }
     experiment = registry.experiment_id(model, settings)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{model} {context.run_id}") as run:

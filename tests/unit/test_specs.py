@@ -136,6 +136,79 @@ def test_shipped_spec_declares_confidence_and_slices() -> None:
     assert promotion.bootstrap_resamples >= 100
 
 
+def _training(**changes: object) -> dict:
+    raw = yaml.safe_load((MODELS / "fraud_detection.yaml").read_text())["training"]
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"engine": "spark"}, "training.engine: Input should be 'local' or 'dask' (got 'spark')"),
+        (
+            {"engine": "dask"},
+            "training: engine 'dask' needs a scheduler address: set "
+            "training.dask.scheduler_address (tcp://host:port) or DRIFTLINE_DASK_SCHEDULER",
+        ),
+        (
+            {"engine": "dask", "dask": {"scheduler_address": "dask-scheduler:8786"}},
+            "training.dask.scheduler_address: 'dask-scheduler:8786' is not a Dask scheduler "
+            "address; write tcp://host:port",
+        ),
+        (
+            {"engine": "dask", "dask": {"scheduler_address": "tcp://dask:87860"}},
+            "training.dask.scheduler_address: 'tcp://dask:87860' has port 87860",
+        ),
+        (
+            {"dask": {"scheduler_address": "tcp://dask:8786", "connect_timeout_seconds": 0}},
+            "training.dask.connect_timeout_seconds: Input should be greater than 0 (got 0)",
+        ),
+    ],
+)
+def test_training_engine_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: dict, message: str
+) -> None:
+    monkeypatch.delenv("DRIFTLINE_DASK_SCHEDULER", raising=False)
+    path = _write(tmp_path, "fraud_detection", training=_training(**training))
+    with pytest.raises(InvalidInput, match=re.escape(message)) as error:
+        load_spec("fraud_detection", tmp_path)
+    assert f"model spec {path} is malformed" in str(error.value)
+
+
+def test_dask_address_may_come_from_the_environment_which_overrides_the_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftline.settings import get_settings
+    from driftline.training_dask import scheduler_address
+
+    assert load_spec("fraud_detection", MODELS).training.engine == "local"
+    monkeypatch.setenv("DRIFTLINE_DASK_SCHEDULER", "tcp://10.0.0.5:8786")
+    path = _write(tmp_path, "fraud_detection", training=_training(engine="dask"))
+    spec = load_spec("fraud_detection", tmp_path)
+    assert scheduler_address(spec, get_settings()) == (
+        "tcp://10.0.0.5:8786",
+        "DRIFTLINE_DASK_SCHEDULER",
+    )
+    monkeypatch.delenv("DRIFTLINE_DASK_SCHEDULER")
+    _write(
+        tmp_path,
+        "fraud_detection",
+        training=_training(engine="dask", dask={"scheduler_address": "tls://dask.internal:8786"}),
+    )
+    spec = load_spec("fraud_detection", tmp_path)
+    assert scheduler_address(spec, get_settings()) == (
+        "tls://dask.internal:8786",
+        f"training.dask.scheduler_address in {path}",
+    )
+    monkeypatch.setenv("DRIFTLINE_DASK_SCHEDULER", "localhost:8786")
+    with pytest.raises(
+        InvalidInput,
+        match=re.escape("DRIFTLINE_DASK_SCHEDULER: 'localhost:8786' is not a Dask scheduler"),
+    ):
+        scheduler_address(spec, get_settings())
+
+
 def _validation(**changes: object) -> dict:
     raw = yaml.safe_load((MODELS / "fraud_detection.yaml").read_text())["validation"]
     raw.update(changes)
