@@ -110,6 +110,7 @@ class AssetEventExtra(BaseModel):
     champion_version: str | None = None
     verdict: str | None = None
     prediction_drift: bool = False
+    served_prediction_drift: bool = False
     performance_decay: bool = False
     reasons: list[str] = Field(default_factory=list)
 

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from driftline import predlog
-from driftline.drift import served_prediction_drift
+from driftline.drift import DriftResult, served_prediction_drift
+from driftline.events import AssetEventExtra
 from driftline.specs import load_spec
 from driftline.training import PREDICTION
 from driftline.training_set import Window
@@ -122,3 +123,28 @@ def test_too_few_champion_rows_are_reported_not_judged(tmp_path: Path, champion_
     assert served["compared_rows"] == champion_rows
     assert f"{champion_rows} rows served by the champion v3" in served["note"]
     assert f"drift.min_served_rows = {SPEC.drift.min_served_rows}" in served["note"]
+
+
+def test_the_monitors_event_extra_is_accepted_by_the_retrains_intake() -> None:
+    """Every key the monitor puts on its drift asset event is one the retrain's intake
+    knows: an unknown key rejects the event, and the drift never starts a retrain."""
+    result = DriftResult(
+        model="fraud_detection",
+        champion_version="1",
+        window_start="2026-01-01T00:00:00+00:00",
+        window_end="2026-01-02T00:00:00+00:00",
+        current_rows=10,
+        reference_rows=10,
+        columns={"amount": {"drifted": True, "score": 0.5, "threshold": 0.1}},
+        share_drifted=1.0,
+        prediction={"drifted": True, "served": {"drifted": True}},
+        performance={"decayed": True},
+        verdict="drift",
+        reasons=["amount drifted"],
+        report_uri="file:///tmp/report.html",
+        report_id=3,
+        event_id=4,
+    )
+    parsed = AssetEventExtra.model_validate(result.event_extra())
+    assert parsed.served_prediction_drift and parsed.prediction_drift and parsed.performance_decay
+    assert parsed.drift_event_id == 4 and parsed.top_features == ["amount"]
