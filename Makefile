@@ -61,10 +61,12 @@ test-fast: setup ## unit and DAG-integrity tests only
 test-simulation: setup ## the concept-drift simulation through a live stack (~17 min; not in make test)
 	$(BIN)/pytest -m simulation tests/e2e/test_simulate.py
 
-bench: setup ## retrain and drift benchmarks at SIZES (default 100k,1m labeled rows); not part of make test
-	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
-	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
-	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
+bench: setup ## retrain (SIZES: 100k,1m,5m,10m; default 100k,1m), drift and event benchmarks; exit 1 if a goal is missed; not part of make test
+	$(BIN)/python bench/retrain_bench.py --sizes "$${SIZES:-100k,1m}" --check
+	status=0; $(BIN)/python bench/retrain_bench.py --sizes "$${SIZES:-100k,1m}" || status=$$?; \
+	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1); \
+	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py; \
+	exit $$status
 
 bench-events: setup ## drift event -> retrain first task latency on the embedded stack (p50/p95)
 	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
