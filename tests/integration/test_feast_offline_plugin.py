@@ -14,7 +14,6 @@ give such ties identical values (a copy of the row) or distinct created timestam
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from driftline.feature_store import apply_repo, get_store
-from tests.conftest import isolate_environment
+from driftline.feature_store import get_store
+from tests.conftest import applied_feast_home
 
 PLUGIN = "driftline.feast_offline.DuckDBAsofOfflineStore"
 SEEDS = range(24)
@@ -55,12 +54,7 @@ def project_stores(
     tmp_path_factory: pytest.TempPathFactory, baseline_offline: Path
 ) -> Iterator[dict[str, object]]:
     """The repo's feature_store.yaml (the plugin) and the same repo on Feast's DuckDB store."""
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("feast-plugin") / "state"
-        home.mkdir()
-        isolate_environment(patch, home)
-        shutil.copytree(baseline_offline, home / "offline")
-        apply_repo()
+    with applied_feast_home(tmp_path_factory, baseline_offline, "feast-plugin"):
         default = get_store()
         assert type(default.config.offline_store).__name__ == "DuckDBAsofOfflineStoreConfig"
         yield {"duckdb": get_store(offline_store="duckdb"), PLUGIN: default}
