@@ -194,6 +194,8 @@ def _query(
     select = [f"e.{_ident(c)}" for c in entity_columns]
     sources = [f"{_ENTITY} AS e"]
     for i, join in enumerate(joins):
+        if not join.features:  # a view asked for nothing (e.g. only an on-demand view's input)
+            continue
         alias = f"__fv{i}"
         on = [f"e.{_ident(column)} = {alias}.__k{k}" for k, column in enumerate(join.keys.values())]
         on.append(f"{entity_ts} >= {alias}.__ts")
