@@ -153,9 +153,15 @@ def machine() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    # uncommitted changes outside bench/results/ mean the commit is not the code measured
+    dirty = [
+        line for line in git("status", "--porcelain").splitlines() if "bench/results/" not in line
+    ]
     return {
         "cpu_model": cpu,
         "logical_cores": os.cpu_count(),
@@ -165,6 +171,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "git_commit": commit,
+        "git_dirty": bool(dirty),
     }
 
 
@@ -464,7 +471,9 @@ def _repeat(name: str, size: str, once: Callable[[], dict[str, Any]]) -> list[di
     return runs
 
 
-def measure(size: str, root: Path) -> dict[str, Any]:
+def measure(size: str, root: Path, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Measure one size; ``save`` is called after each phase, so an interrupted run keeps
+    what it measured (``complete`` is false until the end)."""
     home = root / size
     check_memory(size, ("generate", "retrain", "join_plugin", "join_floor"))
     world = prepare(size, home)
@@ -478,6 +487,7 @@ def measure(size: str, root: Path) -> dict[str, Any]:
         "load_average_start": load_average(),
         "world": world,
         "repeats": REPEATS,
+        "complete": False,
     }
 
     def direct() -> dict[str, Any]:
@@ -491,7 +501,9 @@ def measure(size: str, root: Path) -> dict[str, Any]:
         return dag_once(home, as_of)
 
     result["direct"] = {"runs": _repeat("direct", size, direct)}
+    save(result)
     result["dag"] = {"runs": _repeat("dag", size, dag)}
+    save(result)
     result["join"] = {}
     for how in JOINS:
         ok, why = fits(how, size)
@@ -500,8 +512,10 @@ def measure(size: str, root: Path) -> dict[str, Any]:
             print(f"[{size}] {how} skipped: {why}", flush=True)
             continue
         result["join"][how] = {"runs": _repeat(how, size, lambda how=how: _child(home, how, as_of))}
+        save(result)
     result["load_average_end"] = load_average()
     summarize(result)
+    result["complete"] = True
     return result
 
 
@@ -644,9 +658,13 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     missed = []
     for size in sizes:
-        result = measure(size, root)
         path = out_dir / f"retrain-{size}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+
+        def save(result: dict[str, Any], path: Path = path) -> None:
+            path.write_text(json.dumps(result, indent=2) + "\n")
+
+        result = measure(size, root, save)
+        save(result)
         print(report(result), flush=True)
         print(f"\nwritten: {path.relative_to(REPO)}", flush=True)
         missed += [f"{size}: {g['goal']} ({g['value']})" for g in result["goals"] if not g["met"]]
