@@ -61,11 +61,13 @@ test-fast: setup ## unit and DAG-integrity tests only
 test-simulation: setup ## the concept-drift simulation through a live stack (~17 min; not in make test)
 	$(BIN)/pytest -m simulation tests/e2e/test_simulate.py
 
-bench: setup ## retrain, drift, event and scoring benchmarks (SIZES default 100k,1m labeled rows); not part of make test
-	$(BIN)/python bench/retrain_bench.py --sizes $${SIZES:-100k,1m}
-	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1)
-	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py
-	$(BIN)/python bench/serving_bench.py
+bench: setup ## retrain (SIZES: 100k,1m,5m,10m; default 100k,1m), drift, event and scoring benchmarks; exit 1 if a goal is missed; not part of make test
+	$(BIN)/python bench/retrain_bench.py --sizes "$${SIZES:-100k,1m}" --check
+	status=0; $(BIN)/python bench/retrain_bench.py --sizes "$${SIZES:-100k,1m}" || status=$$?; \
+	$(BIN)/python bench/drift_bench.py --size $$(echo $${SIZES:-100k,1m} | tr ',' '\n' | tail -1); \
+	flock /tmp/driftline-stack.lock $(BIN)/python bench/event_latency_bench.py; \
+	$(BIN)/python bench/serving_bench.py || status=$$?; \
+	exit $$status
 
 bench-serving: setup ## scoring service: 200 req/s open loop for 60 s x 3, 1,000-row batches, floors; exits 1 on a missed goal
 	$(BIN)/python bench/serving_bench.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -42,6 +43,23 @@ def isolate_environment(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
         if key.startswith("DRIFTLINE_") or key in _ISOLATED:
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DRIFTLINE_HOME", str(home))
+
+
+@contextlib.contextmanager
+def applied_feast_home(
+    tmp_path_factory: pytest.TempPathFactory, baseline_offline: Path, name: str = "feast"
+) -> Iterator[Path]:
+    """A state directory with the baseline data and the Feast repo applied, the environment
+    pointing at it while the block runs (for module-scoped fixtures)."""
+    from driftline.feature_store import apply_repo
+
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp(name) / "state"
+        home.mkdir()
+        isolate_environment(patch, home)
+        shutil.copytree(baseline_offline, home / "offline")
+        apply_repo()
+        yield home
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from driftline import offline
 from driftline.errors import DriftlineError
+from driftline.files import write_atomic
 from driftline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -79,8 +80,15 @@ def _export_feast_env(settings: Settings) -> None:
     os.environ.update(settings.feast_env())
 
 
-def get_store(settings: Settings | None = None) -> FeatureStore:
-    """Open the feature store the settings point at."""
+def get_store(
+    settings: Settings | None = None, *, offline_store: str | None = None
+) -> FeatureStore:
+    """Open the feature store the settings point at.
+
+    ``offline_store`` opens the same repo, registry and online store with another offline
+    store ``type`` (e.g. ``duckdb``, Feast's own, beside driftline's plugin): the benchmark
+    and the plugin's equivalence tests compare the two on the same data.
+    """
     feast = import_feast()
 
     settings = settings or get_settings()
@@ -90,7 +98,17 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
         )
     _export_feast_env(settings)
     settings.feast_registry.parent.mkdir(parents=True, exist_ok=True)
-    return feast.FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=settings.feast_yaml)
+    fs_yaml = settings.feast_yaml
+    if offline_store is not None:
+        import yaml
+
+        config = yaml.safe_load(fs_yaml.read_text())
+        config["offline_store"] = {"type": offline_store}
+        # beside the registry, in the state directory: the repo's files are never edited
+        slug = offline_store.rsplit(".", 1)[-1]
+        fs_yaml = settings.feast_registry.parent / f"feature_store.{slug}.yaml"
+        write_atomic(fs_yaml, yaml.safe_dump(config, sort_keys=False))
+    return feast.FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=fs_yaml)
 
 
 def feast_command(args: list[str], settings: Settings | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from driftline.feature_store import (
     materialization_intervals,
     materialize_window,
 )
-from tests.conftest import SMALL, isolate_environment
+from tests.conftest import SMALL, applied_feast_home
 
 END = datetime(2026, 1, 22, tzinfo=UTC)  # the baseline data covers 2026-01-01 .. 2026-01-21
 CARD_FEATURES = [
@@ -39,12 +38,7 @@ MERCHANT_FEATURES = [
 @pytest.fixture(scope="module")
 def store_home(tmp_path_factory: pytest.TempPathFactory, baseline_offline: Path) -> Iterator[Path]:
     """State directory with the baseline data and the registry applied, once per module."""
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("feast") / "state"
-        home.mkdir()
-        isolate_environment(patch, home)
-        shutil.copytree(baseline_offline, home / "offline")
-        apply_repo()
+    with applied_feast_home(tmp_path_factory, baseline_offline) as home:
         yield home
 
 
