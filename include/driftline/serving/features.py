@@ -193,7 +193,9 @@ class OnlineFeatures:
                         config=self.store.config,
                         table=view,
                         entity_keys=entity_keys,
-                        requested_features=wanted,
+                        # a copy: Feast's Redis store appends its timestamp key to the
+                        # list it is given, which would make "_ts:<view>" a wanted feature
+                        requested_features=list(wanted),
                     )
             except Exception as exc:
                 raise Unavailable(f"Feast online store read of {view.name} failed: {exc}") from exc
