@@ -165,6 +165,9 @@ promotion_intents = sa.Table(
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
 _lock = threading.Lock()
+# seconds libpq waits for PostgreSQL to answer a new connection; without it a server that
+# accepts TCP and never answers (a hung host, a full backlog) blocks a task or a scrape
+PG_CONNECT_TIMEOUT_S = 5
 
 
 def _now() -> datetime:
@@ -180,11 +183,21 @@ def migrate(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", _with_connect_timeout(url).replace("%", "%%"))
     try:
         command.upgrade(config, "head")
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise _unavailable(url, exc) from exc
+
+
+def _with_connect_timeout(url: str) -> str:
+    """A PostgreSQL URL with libpq's ``connect_timeout`` (unless it sets one); others as is."""
+    parsed = sa.engine.make_url(url)
+    if not parsed.drivername.startswith("postgresql") or "connect_timeout" in parsed.query:
+        return url
+    return parsed.update_query_dict(
+        {"connect_timeout": str(PG_CONNECT_TIMEOUT_S)}
+    ).render_as_string(hide_password=False)
 
 
 def _unavailable(url: str, exc: BaseException) -> Unavailable:
@@ -210,7 +223,7 @@ def engine(url: str | None = None) -> Engine:
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
             if url.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30}
-            _engines[url] = sa.create_engine(url, **kwargs)
+            _engines[url] = sa.create_engine(_with_connect_timeout(url), **kwargs)
             sa.event.listen(_engines[url], "handle_error", _by_kind(url))
             if url.startswith("sqlite"):
                 sa.event.listen(_engines[url], "connect", _sqlite_pragmas)

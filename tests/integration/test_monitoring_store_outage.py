@@ -51,3 +51,26 @@ def test_a_stopped_store_is_unavailable_and_the_pool_recovers(
     assert monitoring.read_state("m", store).champion_version == "1"
     monitoring.append_audit(model="m", action="promoted", actor="test", url=store)
     assert monitoring.audit_log("m", url=store)[0]["action"] == "promoted"
+
+
+@pytest.mark.timeout(60)  # without a connect timeout, libpq waits for ever
+def test_a_server_that_never_answers_is_unavailable_within_the_connect_timeout() -> None:
+    """A host that takes the TCP connection and then says nothing (hung, or its backlog
+    full): libpq's connect_timeout ends the wait, so a task retries and an exporter scrape
+    answers instead of hanging on it."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nothing ever reads or writes
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/silent"
+        began = time.monotonic()
+        try:
+            with pytest.raises(Unavailable, match="monitoring store unreachable at postgresql"):
+                monitoring.read_state("m", url)
+        finally:
+            monitoring._engines.pop(url, None)
+            monitoring._migrated.discard(url)
+        waited = time.monotonic() - began
+    assert monitoring.PG_CONNECT_TIMEOUT_S - 1 <= waited < monitoring.PG_CONNECT_TIMEOUT_S * 3

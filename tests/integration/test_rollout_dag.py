@@ -1,18 +1,23 @@
 """Canary rollouts end to end: the real retrain DAG starts one, the real rollout DAG (under
-`airflow dags test`) ramps, promotes or aborts it, on a real Feast store, a real MLflow
-registry with models trained by driftline's training code, and prediction-log rows written
-with ``predlog.write_rows`` where the right answer is known. The tests run in order and
-share one state.
+`airflow dags test`) ramps, promotes or aborts it, on a real Feast store (online store
+materialized), a real MLflow registry with models trained by driftline's training code, and
+the real scoring service (`driftline serve` under uvicorn) answering HTTP requests: the
+traffic of every step goes through the service, which routes each card by the canary's
+stable hash and writes the prediction log the rollout DAG judges. The tests run in order
+and share one state.
 
 The spec is a canary copy of the shipped one: steps 20 % -> 50 % -> 100 %, steps of 3 s,
 ``promotion.min_improvement: 0`` so that a retrain on the same data (the same model again)
-passes the policy and becomes a candidate whose live quality equals the champion's.
+passes the policy and becomes a candidate whose live quality equals the champion's. The
+candidate that must be aborted is known to be bad: the same training code on the same rows
+with the labels shuffled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,21 +27,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 import yaml
 
-from driftline import monitoring, predlog, registry, rollout
+from driftline import monitoring, offline, predlog, registry, retrain, rollout
 from driftline.datagen import generate
-from driftline.feature_store import apply_repo
+from driftline.feature_store import apply_repo, materialize_window
 from driftline.lineage import RunContext, run_dir
 from driftline.serving import routing
 from driftline.settings import REPO_ROOT, get_settings
 from driftline.specs import load_spec
+from driftline.stack import SERVE, free_port
+from driftline.stack import Stack as Services
 from driftline.status import render
 from driftline.status import status as collect_status
-from driftline.training import predict
 from driftline.training_set import TRAINING_FILE
 from tests.airflow_env import airflow_env, migrated_database, run_airflow
 from tests.conftest import EARLY_START, SMALL, isolate_environment
@@ -49,7 +56,8 @@ RETRAIN = f"{MODEL}_retrain"
 ROLLOUT = f"{MODEL}_rollout"
 AS_OF = "2026-02-10"
 STEP_SECONDS = 3.0
-KEYS = {"card_id": pa.int64(), "merchant_id": pa.int64()}
+BATCH = 500
+REQUEST_FIELDS = ("amount", "hour", "distance_from_home_km", "merchant_category", "channel")
 
 
 class Stack:
@@ -58,6 +66,9 @@ class Stack:
         self.env = env
         self.last_run_id = ""
         self.pool: pd.DataFrame | None = None
+        self.run_directory: Path | None = None
+        self.service: Services | None = None
+        self.client: httpx.Client | None = None
 
     def dags_test(
         self, dag_id: str, conf: dict | None = None, logical_date: str | None = None, **env: str
@@ -86,47 +97,66 @@ class Stack:
     def retrain(self, reason: str) -> tuple[str, dict[str, str], str]:
         return self.dags_test(RETRAIN, {"end_date": AS_OF, "reason": reason}, AS_OF)
 
-    def serve(self, *, errors: float = 0.0) -> None:
-        """Write the prediction log of the current step: every transaction of the pool scored
-        by the arm the canary contract routes its card to, with that arm's real model, inside
-        the step's period; then wait until the step has lasted its minutes."""
+    def start_service(self) -> None:
+        """`driftline serve` as `make up` runs it (the stack's ``serve`` component)."""
+        self.service = Services(settings=get_settings(), port=free_port(), serve_port=free_port())
+        self.service.start((SERVE,))
+        self.service.wait_serving(timeout=180)
+        self.client = httpx.Client(base_url=self.service.serve_url or "", timeout=60)
+
+    def routing(self) -> tuple[str | None, float]:
+        served = self.client.get("/v1/models").json()["models"][0]
+        return (served["loaded"]["candidate"] or {}).get("version"), served["rollout_share"]
+
+    def serve(self) -> pd.DataFrame:
+        """Send every transaction of the pool to the running service (batches of BATCH rows),
+        once it routes the current step's share to the candidate; check each answer's arm
+        against the canary contract; wait until the service has logged every answer, then
+        until the step has lasted its minutes. Returns the logged rows."""
         state = monitoring.open_rollout(MODEL)
         assert state is not None and state["step_started_at"] is not None
-        spec = load_spec(MODEL)
-        frame = self.pool
-        share = state["share"]
-        on_candidate = frame["card_id"].map(lambda c: routing.stable_fraction(MODEL, c) < share)
-        rows = []
-        for arm, version, mask in (
-            ("candidate", state["candidate_version"], on_candidate),
-            ("champion", state["champion_version"], ~on_candidate),
-        ):
-            part = frame[mask]
-            scores = predict(registry.load_booster(MODEL, version), part, spec)
-            failed = set(part.index[: round(errors * len(part))]) if arm == "candidate" else set()
-            began = state["step_started_at"] + timedelta(milliseconds=200)
-            for offset, (index, row) in enumerate(part.iterrows()):
-                bad = index in failed
-                rows.append(
-                    {
-                        "request_id": f"{arm}-{state['step']}-{index}",
-                        "scored_at": began + timedelta(microseconds=offset * 50),
-                        "event_timestamp": row["event_timestamp"],
-                        "transaction_id": row["transaction_id"],
-                        "model": MODEL,
-                        "version": version,
-                        "arm": arm,
-                        "score": None if bad else float(scores[offset]),
-                        "latency_ms": 4.0,
-                        "status": "error" if bad else "ok",
-                        "error": "feature lookup failed" if bad else None,
-                        "card_id": int(row["card_id"]),
-                        "merchant_id": int(row["merchant_id"]),
-                    }
-                )
-        predlog.write_rows(get_settings().offline_dir, MODEL, rows, KEYS)
+        share, candidate = float(state["share"]), state["candidate_version"]
+        wait_for(
+            f"the service to route {share:.0%} to v{candidate}",
+            lambda: self.routing() == (candidate, share),
+            timeout=60,
+            interval=0.5,
+        )
+        rows = [
+            {
+                "card_id": int(row.card_id),
+                "merchant_id": int(row.merchant_id),
+                **{name: getattr(row, name) for name in REQUEST_FIELDS},
+                "hour": int(row.hour),
+                "transaction_id": str(row.transaction_id),
+                "event_timestamp": row.event_timestamp.isoformat(),
+            }
+            for row in self.pool.itertuples()
+        ]
+        answers = []
+        for begin in range(0, len(rows), BATCH):
+            response = self.client.post(
+                f"/v1/models/{MODEL}/score/batch", json={"rows": rows[begin : begin + BATCH]}
+            )
+            assert response.status_code == 200, response.text[:500]
+            answers += response.json()["results"]
+        expected = [
+            "candidate" if routing.stable_fraction(MODEL, row["card_id"]) < share else "champion"
+            for row in rows
+        ]
+        assert [a["arm"] for a in answers] == expected
+        assert {a["version"] for a in answers if a["arm"] == "candidate"} == {candidate}
+        wanted = {a["request_id"] for a in answers}
+
+        def logged() -> tuple[pd.DataFrame] | None:
+            frame = predlog.read(get_settings().offline_dir, MODEL, start=state["step_started_at"])
+            frame = frame[frame["request_id"].isin(wanted)]
+            return (frame,) if len(frame) == len(wanted) else None
+
+        (frame,) = wait_for("the service's prediction log", logged, timeout=60, interval=0.5)
         lasted = (datetime.now(UTC) - state["step_started_at"]).total_seconds()
         time.sleep(max(0.0, STEP_SECONDS + 0.5 - lasted))
+        return frame
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +175,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db_template: Path) -
             "step_minutes": STEP_SECONDS / 60,
             "guards": {
                 "max_error_rate": 0.02,
-                "max_p99_latency_ms": 50,
+                # a row's latency is its batch's, the same for both arms; a loaded machine
+                # must not make both arms "over it" (a wait, not a ramp)
+                "max_p99_latency_ms": 5000,
                 "max_score_psi": 0.2,
                 # the arms are different cards: PR-AUC of one model differs by chance
                 "max_pr_auc_drop": 0.25,
@@ -156,10 +188,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db_template: Path) -
         (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(raw))
         patch.setenv("DRIFTLINE_MODELS_DIR", str(models))
         patch.delenv("DRIFTLINE_FAULT_PAUSE_AFTER_INTENT", raising=False)
+        patch.setenv("DRIFTLINE_SERVE_POLL_SECONDS", "1")
         generate(offline_dir=home / "offline", days=50, start=EARLY_START, **SMALL)
         apply_repo()
+        newest = offline.list_days(home / "offline")[-1]
+        start = datetime(newest.year, newest.month, newest.day, tzinfo=UTC)
+        materialize_window(start, start + timedelta(days=1))
         migrated_database(airflow_db_template, home / "airflow")
-        yield Stack(home, airflow_env(home / "airflow"))
+        stack = Stack(home, airflow_env(home / "airflow"))
+        try:
+            yield stack
+        finally:
+            if stack.client is not None:
+                stack.client.close()
+            if stack.service is not None:
+                stack.service.stop()
 
 
 def _audit_actions(limit: int = 10) -> list[str]:
@@ -175,6 +218,7 @@ def test_a_passing_challenger_in_canary_mode_becomes_the_candidate(stack: Stack)
     assert state == "success", output[-3000:]
     assert tasks["promote"] == "success" and tasks["start_rollout"] == "skipped"  # no champion
     champion = registry.alias_version(MODEL, registry.CHAMPION)
+    stack.start_service()
 
     state, tasks, output = stack.retrain("same data again: a candidate as good as the champion")
     assert state == "success", output[-3000:]
@@ -191,6 +235,7 @@ def test_a_passing_challenger_in_canary_mode_becomes_the_candidate(stack: Stack)
     directory = run_dir(
         get_settings().runs_dir, MODEL, RunContext(dag_id=RETRAIN, run_id=stack.last_run_id)
     )
+    stack.run_directory = directory
     stack.pool = pd.read_parquet(directory / TRAINING_FILE)
 
 
@@ -231,6 +276,12 @@ def test_a_healthy_candidate_ramps_through_every_step_and_is_promoted(stack: Sta
     assert (completed["metrics"]["share"], completed["metrics"]["step"]) == (1.0, 2)
     assert completed["champion_after"] == candidate
     assert monitoring.open_rollout(MODEL) is None
+    wait_for(
+        "the service to serve the promoted version alone",
+        lambda: stack.routing() == (None, 0.0) and _served_champion(stack) == candidate,
+        timeout=60,
+        interval=0.5,
+    )
 
     # with nothing open the DAG's first task ends the run (it returns nothing to go on with)
     context = RunContext(dag_id=ROLLOUT, run_id="idle", triggered_by="test")
@@ -249,24 +300,57 @@ def _start(version: str, run_id: str) -> None:
     assert result.action == "rollout_started", result.message
 
 
+def _served_champion(stack: Stack) -> str | None:
+    served = stack.client.get("/v1/models").json()["models"][0]
+    return (served["loaded"]["champion"] or {}).get("version")
+
+
+def _trained_on_shuffled_labels(stack: Stack) -> str:
+    """A version known to be worse: driftline's training code on the same rows as the
+    champion's, with the labels shuffled (its scores carry no signal)."""
+    directory = stack.run_directory.parent / "shuffled-labels"
+    shutil.copytree(stack.run_directory, directory)
+    frame = pd.read_parquet(directory / TRAINING_FILE)
+    label = load_spec(MODEL).label
+    frame[label] = np.random.default_rng(7).permutation(frame[label].to_numpy())
+    frame.to_parquet(directory / TRAINING_FILE)
+    context = RunContext(dag_id=RETRAIN, run_id="shuffled-labels", triggered_by="test")
+    return retrain.train(MODEL, str(directory), context=context)["version"]
+
+
 def test_a_candidate_that_breaks_a_guard_is_aborted(stack: Stack) -> None:
     champion = registry.alias_version(MODEL, registry.CHAMPION)
-    previous = registry.alias_version(MODEL, registry.PREVIOUS_CHAMPION)
-    _start(previous, "abort-drill")
-    stack.serve(errors=0.1)
+    bad = _trained_on_shuffled_labels(stack)
+    _start(bad, "abort-drill")
+    logged = stack.serve()
+    assert set(logged["status"]) == {"ok"}  # it answers every request; its scores are wrong
+    assert set(logged.loc[logged["arm"] == "candidate", "version"]) == {bad}
     state, tasks, output = stack.dags_test(ROLLOUT)
     assert state == "success", output[-3000:]
     assert (tasks["abort"], tasks["ramp"]) == ("success", "skipped")
     assert registry.alias_version(MODEL, registry.CANDIDATE) is None
-    assert _share_tag(previous) is None
+    assert _share_tag(bad) is None
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
     assert monitoring.read_state(MODEL).champion_version == champion
     aborted = monitoring.audit_log(MODEL)[0]
     assert aborted["action"] == "rollout_aborted"
     assert (aborted["metrics"]["share"], aborted["metrics"]["step"]) == (0.0, -1)
-    assert "max_error_rate: candidate 10.0" in aborted["reasons"][0]
-    assert "the candidate is over it and worse over [" in aborted["reasons"][0]
+    broken = {c["guard"] for c in aborted["metrics"]["checks"] if c["state"] == "broken"}
+    # no signal: its scores sit around the base rate, far from the champion's, and rank
+    # the matured labels no better than chance
+    assert broken == {"max_score_psi", "max_pr_auc_drop"}, aborted["metrics"]["checks"]
+    assert (
+        "aborted at 20% (step 1 of 3): max_score_psi: PSI of the candidate's"
+        in (aborted["reasons"][0])
+    )
+    assert f"champion v{champion} untouched" in aborted["reasons"][0]
     assert "notification" in output and '"event": "rollout_aborted"' in output
+    wait_for(
+        "the service to stop routing to the aborted candidate",
+        lambda: stack.routing() == (None, 0.0) and _served_champion(stack) == champion,
+        timeout=60,
+        interval=0.5,
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
