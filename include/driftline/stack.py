@@ -252,6 +252,8 @@ class Stack:
         )
         if self.mlflow_url:
             env["DRIFTLINE_MLFLOW_UI"] = self.mlflow_url
+        for variable in _feast_metrics_variables():
+            env.pop(variable, None)
         env.update(self.extra_env)
         return env
 
@@ -882,6 +884,22 @@ def _preflight(stack: Stack, *, managed_mlflow: bool) -> None:
             "cannot reach "
             + "; ".join(f"{p.service} ({p.setting}={p.target}): {p.detail}" for p in failed)
         )
+
+
+def _feast_metrics_variables() -> list[str]:
+    """The Prometheus multiprocess variables that this process's Feast import pointed at a
+    temporary directory of its own (feast/metrics.py), which Feast removes when this process
+    exits. A component inheriting them outlives `driftline up`, and with them a directory
+    that is gone: the scoring service's /metrics would fail. Set outside, they are kept."""
+    metrics = sys.modules.get("feast.metrics")
+    if metrics is None or not getattr(metrics, "_owns_mp_dir", False):
+        return []
+    own = getattr(metrics, "_prometheus_mp_dir", None)
+    return [
+        variable
+        for variable in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+        if own and os.environ.get(variable) == own
+    ]
 
 
 @contextlib.contextmanager

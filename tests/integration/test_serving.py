@@ -441,6 +441,30 @@ def test_a_real_prometheus_counts_exactly_the_requests_scored(world: World, tmp_
         assert sum(sample["value"] for sample in failed) == 0, failed
 
 
+def test_metrics_still_answer_once_the_process_that_started_the_service_is_gone(
+    world: World,
+) -> None:
+    """`make up` starts the service and exits. Feast's import (in that process, as in this
+    one) points PROMETHEUS_MULTIPROC_DIR at a temporary directory of its own and removes it
+    at exit: a service that inherited the variable answered /metrics with a 500 from then
+    on. Removing this process's directory, as its exit would, must leave /metrics whole."""
+    import shutil
+
+    import feast.metrics
+
+    own = feast.metrics._prometheus_mp_dir
+    assert own and Path(own).is_dir()
+    response = world.score(_request(world.newest_day.iloc[0], world.online_as_of))
+    assert response.status_code == 200, response.text
+    shutil.rmtree(own)
+    try:
+        metrics = world.client.get("/metrics")
+        assert metrics.status_code == 200, metrics.text[:300]
+        assert world.metric("driftline_serving_requests_total", model=MODEL) > 0
+    finally:
+        Path(own).mkdir()
+
+
 def test_stopping_the_stack_stops_the_service(world: World) -> None:
     pgid = world.stack.recorded()["processes"][SERVE]
     assert world.stack.stop() == [SERVE]
