@@ -56,6 +56,9 @@ RAMP, WAIT, ABORT, COMPLETE = "ramp", "wait", "abort", "complete"
 # the PSI of two score samples, on quantile bins of the champion's scores
 PSI_BINS = 10
 _PSI_FLOOR = 1e-4
+# the PR-AUC guard's bootstrap: resamples and seed (the same rows give the same verdict)
+PR_AUC_RESAMPLES = 400
+PR_AUC_SEED = 20261126
 
 
 def _v(version: str | None) -> str:
@@ -83,13 +86,17 @@ class ArmStats:
     positives: int = 0
     pr_auc: float | None = None
     scores: tuple[float, ...] = field(default=(), repr=False)
+    # the labeled rows behind pr_auc: their labels and scores, for the guard's interval
+    labels: tuple[int, ...] = field(default=(), repr=False)
+    labeled_scores: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        summary = {k: v for k, v in asdict(self).items() if k != "scores"}
+        hidden = {"scores", "labels", "labeled_scores"}
+        summary = {k: v for k, v in asdict(self).items() if k not in hidden}
         summary["error_rate"] = self.error_rate
         return summary
 
@@ -122,7 +129,9 @@ def arm_stats(
     ok = mine[mine["status"] == "ok"]
     scores = ok["score"].astype(float).to_numpy()
     latency = mine["latency_ms"].astype(float).dropna().to_numpy()
-    joined = ok.merge(labels, on="transaction_id", how="inner") if len(labels) else ok.iloc[:0]
+    # a transaction scored more than once (a client's retry) counts once, with its last score
+    once = ok.drop_duplicates("transaction_id", keep="last")
+    joined = once.merge(labels, on="transaction_id", how="inner") if len(labels) else ok.iloc[:0]
     positives = int(joined["label"].sum()) if len(joined) else 0
     pr_auc = None
     if 0 < positives < len(joined):
@@ -140,7 +149,35 @@ def arm_stats(
         positives=positives,
         pr_auc=pr_auc,
         scores=tuple(scores.tolist()),
+        labels=tuple(joined["label"].astype(int).tolist()) if len(joined) else (),
+        labeled_scores=tuple(joined["score"].astype(float).tolist()) if len(joined) else (),
     )
+
+
+def pr_auc_drop_interval(
+    champion: ArmStats, candidate: ArmStats, *, level: float
+) -> tuple[float, float]:
+    """Bootstrap interval of champion PR-AUC minus candidate PR-AUC at ``level`` (two-sided):
+    each arm's labeled rows resampled with replacement, independently (the arms are
+    different cards, so nothing pairs them). A resample with a single class is drawn
+    again."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(PR_AUC_SEED)
+
+    def resampled(arm: ArmStats) -> np.ndarray:
+        labels, scores = np.asarray(arm.labels), np.asarray(arm.labeled_scores)
+        values = []
+        while len(values) < PR_AUC_RESAMPLES:
+            pick = rng.integers(0, len(labels), len(labels))
+            if 0 < labels[pick].sum() < len(pick):
+                values.append(average_precision_score(labels[pick], scores[pick]))
+        return np.asarray(values)
+
+    drops = resampled(champion) - resampled(candidate)
+    tail = (1 - level) / 2
+    low, high = np.quantile(drops, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def psi(expected: np.ndarray | tuple[float, ...], actual: np.ndarray | tuple[float, ...]) -> float:
@@ -237,7 +274,8 @@ def judge(
     * a broken guard -> ``abort``, at any time in the step: error rate or p99 latency of the
       candidate above its ceiling AND above the champion's; score PSI above
       ``max_score_psi``; champion PR-AUC minus candidate PR-AUC above ``max_pr_auc_drop``
-      (judged only when both arms have ``min_labeled_positives`` matured positives);
+      with the lower bound of its bootstrap interval (judged only when both arms have
+      ``min_labeled_positives`` matured positives);
     * both arms above a ceiling (the service, not the model) -> ``wait``;
     * everything holds but the step has lasted less than ``step_minutes`` -> ``wait``;
     * otherwise -> ``ramp``.
@@ -318,15 +356,17 @@ def judge(
         and min(candidate.positives, champion.positives) >= need
     ):
         drop = champion.pr_auc - candidate.pr_auc
+        low, high = pr_auc_drop_interval(champion, candidate, level=guards.pr_auc_confidence)
         check(
             "max_pr_auc_drop",
-            "broken" if drop > guards.max_pr_auc_drop else "held",
+            "broken" if low > guards.max_pr_auc_drop else "held",
             candidate.pr_auc,
             champion.pr_auc,
             guards.max_pr_auc_drop,
             f"PR-AUC candidate {candidate.pr_auc:.4f} on {candidate.labeled} matured labels, "
-            f"champion {champion.pr_auc:.4f} on {champion.labeled}: drop {drop:+.4f} "
-            f"(limit {guards.max_pr_auc_drop})",
+            f"champion {champion.pr_auc:.4f} on {champion.labeled}: drop {drop:+.4f}, "
+            f"{guards.pr_auc_confidence:.0%} interval [{low:+.4f}, {high:+.4f}]; broken when "
+            f"its lower bound is above {guards.max_pr_auc_drop}",
         )
     else:
         check(
@@ -867,6 +907,10 @@ def advance(
     settings = settings or get_settings()
     url = settings.monitoring_db_url
     actor = context.triggered_by
+    # this run's retry after its own attempt died mid-change: settle that first (undone, the
+    # step is taken again below; finished, the rollout moved and nothing is left to do); a
+    # change of another run within its lease stays, and the claim below then fails
+    settle(model, actor=actor, run_key=context.key, settings=settings)
     rollout = monitoring.open_rollout(model, url=url)
     if (
         rollout is None

@@ -261,8 +261,13 @@ class RolloutGuards(_Strict):
     max_p99_latency_ms: float = Field(50.0, gt=0)
     # population stability index of the candidate's scores against the champion's
     max_score_psi: float = Field(0.2, gt=0)
-    # champion PR-AUC minus candidate PR-AUC on the period's requests whose labels matured
+    # champion PR-AUC minus candidate PR-AUC on the period's requests whose labels matured:
+    # broken when the lower bound of its bootstrap interval (the arms' labeled rows resampled
+    # independently) is above this, so a gap that two samples of different cards show by
+    # chance does not abort a healthy candidate
     max_pr_auc_drop: float = Field(0.05, ge=0, le=1)
+    # two-sided level of that interval
+    pr_auc_confidence: float = Field(0.9, gt=0, lt=1)
     # requests each arm needs in the period before the step is judged at all
     min_requests: int = Field(500, ge=1)
     # matured positives each arm needs before the PR-AUC guard is judged (else: not judged)

@@ -52,6 +52,7 @@ PASSED_THROUGH = (
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__",
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
 )
 USERS = {"admin": "admin", "operator": "user"}
 # the alphabet of Airflow's simple auth manager (no look-alike characters)
@@ -190,6 +191,10 @@ class Stack:
         return self.settings.airflow_home / "passwords.json"
 
     @property
+    def signing_key_file(self) -> Path:
+        return self.settings.airflow_home / "jwt_secret"
+
+    @property
     def url(self) -> str:
         return f"http://localhost:{self.port}"
 
@@ -252,6 +257,8 @@ class Stack:
         )
         if self.mlflow_url:
             env["DRIFTLINE_MLFLOW_UI"] = self.mlflow_url
+        if "AIRFLOW__API_AUTH__JWT_SECRET" not in env:
+            env["AIRFLOW__API_AUTH__JWT_SECRET"] = self.ensure_signing_key()
         for variable in _feast_metrics_variables():
             env.pop(variable, None)
         env.update(self.extra_env)
@@ -371,6 +378,24 @@ class Stack:
         if missing or self.passwords_file.stat().st_mode & 0o077:
             write_json(self.passwords_file, passwords, mode=0o600)
         return passwords
+
+    def ensure_signing_key(self) -> str:
+        """The key Airflow signs its execution-API tokens with (HS512), generated once into a
+        0600 file: 64 random bytes. Left to itself Airflow writes a 16-byte key into
+        airflow.cfg, and PyJWT warns on every token that it is below the 64 bytes RFC 7518
+        recommends for SHA-512."""
+        path = self.signing_key_file
+        if path.is_file() and len(key := path.read_text().strip()) >= 64:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return key
+        key = secrets.token_urlsafe(64)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(key + "\n")
+        path.chmod(0o600)
+        return key
 
     def start(
         self,

@@ -47,3 +47,11 @@ def test_the_stack_serves_the_registry_champion(running_stack: RunningStack) -> 
     answer = wait_for("the service to serve the champion", served_champion, timeout=30)
     assert answer["arm"] == "champion"
     assert 0.0 <= answer["score"] <= 1.0
+
+
+def test_airflow_signs_task_tokens_with_a_full_length_key(running_stack: RunningStack) -> None:
+    """By now `up` has run a retrain: every task got a token from the execution API. With
+    Airflow's own 16-byte key PyJWT warned on each one (InsecureKeyLengthWarning)."""
+    log = (running_stack.stack.log_dir / "api-server.log").read_text()
+    assert "Task started" in log  # tokens were issued and checked
+    assert "InsecureKeyLengthWarning" not in log

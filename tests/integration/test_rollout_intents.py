@@ -7,7 +7,7 @@ real process under the real DAG is in ``test_rollout_dag.py``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -185,3 +185,50 @@ def test_a_completion_that_never_reached_mlflow_is_undone_and_judged_again(
     assert (state["status"], state["pending_action"], state["share"]) == ("active", None, 0.05)
     assert registry.alias_version(MODEL, registry.CHAMPION) == v1
     assert registry.alias_version(MODEL, registry.CANDIDATE) == v2
+
+
+def test_a_ramp_retried_by_its_own_run_settles_its_dead_attempt_and_ramps_at_once(
+    versions: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ramp task's first attempt was killed after its claim, before MLflow's tag moved;
+    Airflow retries it in the same run. The retry does not wait out the lease its own dead
+    attempt holds: it undoes that attempt and ramps. Another run, within the lease, does
+    nothing."""
+    monkeypatch.setenv(promotion.LEASE_VARIABLE, "300")
+    v1, v2, _ = versions
+    _start(v2, "run-2", v1)
+    state = monitoring.open_rollout(MODEL)
+    ramp = RunContext(dag_id=f"{MODEL}_rollout", run_id="scheduled-1", triggered_by="scheduled")
+    end = datetime.now(UTC).isoformat()
+    assert monitoring.change_rollout(
+        state["id"],
+        pending=None,
+        step=0,
+        values={
+            "pending_action": "rollout_step",
+            "pending": {"run_key": ramp.key, "actor": "scheduled", "step": 1, "share": 0.25},
+            "lease_until": datetime.now(UTC) + timedelta(seconds=300),
+        },
+    )
+    judged = {
+        "rollout_id": state["id"],
+        "step": 0,
+        "candidate": v2,
+        "action": rollout.RAMP,
+        "reasons": ["every guard held"],
+        "verdict": {"period": [state["step_started_at"].isoformat(), end], "checks": []},
+    }
+    other = RunContext(dag_id=f"{MODEL}_rollout", run_id="scheduled-2", triggered_by="scheduled")
+    assert rollout.advance(MODEL, judged, context=other).action == "noop"
+    assert monitoring.open_rollout(MODEL)["pending_action"] == "rollout_step"
+
+    retried = rollout.advance(MODEL, judged, context=ramp)
+    assert (retried.action, retried.share) == ("rollout_step", 0.25), retried.message
+    state = monitoring.open_rollout(MODEL)
+    assert (state["step"], state["share"], state["pending_action"]) == (1, 0.25, None)
+    assert _tag(v2) == "0.25"
+    assert [r["action"] for r in monitoring.audit_log(MODEL, limit=3)][::-1] == [
+        "rollout_started",
+        "undone",
+        "rollout_step",
+    ]

@@ -41,12 +41,14 @@ def _arm(
     shift: float = 0.0,
     shuffled: bool = False,
     first: int = 0,
+    seed: int = 7,
+    fraud_beta: tuple[float, float] = (6, 2),
 ) -> pd.DataFrame:
     """``n`` rows of one arm scored at ``at`` + i seconds, transactions t<first+i>."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     ids = np.arange(first, first + n)
     fraud = ids % 20 == 0
-    scores = np.where(fraud, rng.beta(6, 2, n), rng.beta(1, 12, n))
+    scores = np.where(fraud, rng.beta(*fraud_beta, n), rng.beta(1, 12, n))
     if shuffled:
         scores = rng.permutation(scores)
     scores = np.clip(scores + shift, 0, 1)
@@ -234,3 +236,28 @@ def test_stable_fraction_is_the_contracts_hash() -> None:
     assert stable_fraction("fraud_detection", 42) == expected
     shares = [stable_fraction("fraud_detection", card) for card in range(20000)]
     assert 0.04 < np.mean(np.array(shares) < 0.05) < 0.06
+
+
+def test_a_pr_auc_gap_that_other_cards_show_by_chance_does_not_abort() -> None:
+    """One model, one score process, two samples of different cards (30 frauds each): the
+    champion's sample happens to rank better by 0.16. A healthy candidate; its interval
+    says so, and the step ramps. A point comparison against 0.05 aborted it."""
+    weaker = (2, 4)  # a model whose frauds and legitimate scores overlap
+    champion = _arm("champion", "1", first=N, seed=11, fraud_beta=weaker)
+    candidate = _arm("candidate", "2", seed=7, fraud_beta=weaker)
+    verdict = _verdict(champion, candidate)
+    check = {c["guard"]: c for c in verdict.checks}["max_pr_auc_drop"]
+    assert check["champion"] - check["candidate"] > 0.15  # the gap is there
+    assert check["state"] == "held", check["message"]
+    assert verdict.outcome == RAMP, verdict.reasons
+    assert "90% interval [" in check["message"]
+
+
+def test_a_real_pr_auc_drop_is_caught_through_the_interval() -> None:
+    """The same candidate without skill (its scores shuffled against the labels): the whole
+    interval is above the limit."""
+    verdict = _verdict(_healthy_champion(), _arm("candidate", "2", shuffled=True))
+    check = {c["guard"]: c for c in verdict.checks}["max_pr_auc_drop"]
+    low = float(check["message"].split("interval [")[1].split(",")[0])
+    assert low > GUARDS.max_pr_auc_drop and check["state"] == "broken"
+    assert verdict.outcome == ABORT

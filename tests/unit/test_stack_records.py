@@ -130,3 +130,21 @@ def test_passwords_are_generated_by_driftline_and_private(driftline_home: Path) 
     stack.passwords_file.chmod(0o644)
     assert stack.ensure_passwords() == passwords
     assert stack.passwords_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_execution_api_signing_key_is_long_private_and_kept(
+    driftline_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__API_AUTH__JWT_SECRET", raising=False)
+    stack = Stack()
+    key = stack.env()["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert len(key.encode()) >= 64  # RFC 7518: at least the hash's size for HS512
+    assert stack.signing_key_file.stat().st_mode & 0o777 == 0o600
+    assert stack.env()["AIRFLOW__API_AUTH__JWT_SECRET"] == key  # every component, every start
+
+    stack.signing_key_file.chmod(0o644)
+    assert stack.ensure_signing_key() == key
+    assert stack.signing_key_file.stat().st_mode & 0o777 == 0o600
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "o" * 80)  # an operator's own wins
+    assert stack.env()["AIRFLOW__API_AUTH__JWT_SECRET"] == "o" * 80
