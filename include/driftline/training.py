@@ -67,6 +67,22 @@ def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
     )
 
 
+def read_training_set(run_dir: Path, spec: ModelSpec, boosters: Sequence[Any] = ()) -> pd.DataFrame:
+    """The columns of the run's training set that training and scoring read: the time, the
+    spec's features, the label, and the input columns of ``boosters`` (a version trained
+    under an older spec reads its own). The rest (ids, label times) stays on disk: the
+    transaction ids alone cost a third of the frame's memory and most of its read time.
+    Validation reads every column."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / TRAINING_FILE
+    wanted = [spec.timestamp_column, *spec.feature_names, spec.label]
+    for booster in boosters:
+        wanted += booster.feature_names or []
+    present = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in dict.fromkeys(wanted) if c in present])
+
+
 # what a frame may be: a DataFrame, or (the scoring service) columns of plain lists
 Columns = pd.DataFrame | Mapping[str, Sequence[Any]]
 
@@ -290,7 +306,7 @@ def train(
 
     fingerprint = read_fingerprint(run_dir)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
-    frame = pd.read_parquet(run_dir / TRAINING_FILE)
+    frame = read_training_set(run_dir, spec)
     split = time_split(frame, spec, window)
     if spec.training.engine == "dask":
         from driftline.training_dask import fit_dask
