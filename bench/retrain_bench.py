@@ -16,6 +16,10 @@ same registry, the same metadata DB):
 Every figure is the median of the three runs, reported with its min and max. The goals of
 issue 14 are checked; a missed goal makes the exit status 1 (`make bench`, never `make test`).
 
+While profiling, `--only direct` (or dag, join) and `--repeats N` measure a part of that, and
+write bench/results/retrain-<size>.partial.json instead, with no goals checked: a partial run
+never replaces the full result.
+
 Invariants:
 * `--sizes` is checked before anything runs: an unknown size names the allowed ones.
 * Free memory is checked before anything runs and again before each step, against what the
@@ -82,6 +86,7 @@ PACKAGES = (
     "numpy",
 )
 JOINS = ("join_plugin", "join_floor", "join_feast_duckdb")
+PARTS = ("direct", "dag", "join")
 # item 2 of issue 14, per size: (goal, figure, limit)
 GOALS: dict[str, list[tuple[str, str, float]]] = {
     "1m": [
@@ -461,20 +466,30 @@ def dag_once(home: Path, as_of: datetime) -> dict[str, Any]:
 # --- one size ----------------------------------------------------------------------------
 
 
-def _repeat(name: str, size: str, once: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+def _repeat(
+    name: str, size: str, once: Callable[[], dict[str, Any]], repeats: int
+) -> list[dict[str, Any]]:
     runs = []
-    for i in range(REPEATS):
+    for i in range(repeats):
         before = load_average()
-        print(f"[{size}] {name} {i + 1}/{REPEATS} (load {before}) ...", flush=True)
+        print(f"[{size}] {name} {i + 1}/{repeats} (load {before}) ...", flush=True)
         run = once()
         run["load_average_before"], run["load_average_after"] = before, load_average()
         runs.append(run)
     return runs
 
 
-def measure(size: str, root: Path, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def measure(
+    size: str,
+    root: Path,
+    save: Callable[[dict[str, Any]], None],
+    *,
+    parts: tuple[str, ...] = PARTS,
+    repeats: int = REPEATS,
+) -> dict[str, Any]:
     """Measure one size; ``save`` is called after each phase, so an interrupted run keeps
-    what it measured (``complete`` is false until the end)."""
+    what it measured (``complete`` is false until the end). ``parts`` and ``repeats`` other
+    than all of them and REPEATS make a partial result: summarized, goals not checked."""
     home = root / size
     check_memory(size, ("generate", "retrain", "join_plugin", "join_floor"))
     world = prepare(size, home)
@@ -487,7 +502,8 @@ def measure(size: str, root: Path, save: Callable[[dict[str, Any]], None]) -> di
         "machine": machine(),
         "load_average_start": load_average(),
         "world": world,
-        "repeats": REPEATS,
+        "repeats": repeats,
+        "parts": list(parts),
         "complete": False,
     }
 
@@ -501,23 +517,52 @@ def measure(size: str, root: Path, save: Callable[[dict[str, Any]], None]) -> di
         restore(home, keep)
         return dag_once(home, as_of)
 
-    result["direct"] = {"runs": _repeat("direct", size, direct)}
-    save(result)
-    result["dag"] = {"runs": _repeat("dag", size, dag)}
-    save(result)
+    if "direct" in parts:
+        result["direct"] = {"runs": _repeat("direct", size, direct, repeats)}
+        save(result)
+    if "dag" in parts:
+        result["dag"] = {"runs": _repeat("dag", size, dag, repeats)}
+        save(result)
     result["join"] = {}
-    for how in JOINS:
+    for how in JOINS if "join" in parts else ():
         ok, why = fits(how, size)
         if not ok:
             result["join"][how] = {"skipped": why}
             print(f"[{size}] {how} skipped: {why}", flush=True)
             continue
-        result["join"][how] = {"runs": _repeat(how, size, lambda how=how: _child(home, how, as_of))}
+        result["join"][how] = {
+            "runs": _repeat(how, size, lambda how=how: _child(home, how, as_of), repeats)
+        }
         save(result)
     result["load_average_end"] = load_average()
-    summarize(result)
+    if parts == PARTS and repeats == REPEATS:
+        summarize(result)
+    else:
+        summarize_partial(result)
     result["complete"] = True
     return result
+
+
+def summarize_partial(result: dict[str, Any]) -> None:
+    """The medians of what a partial run measured; no goals (they need every part)."""
+    if "direct" in result:
+        direct = result["direct"]
+        direct["total_s"] = spread([r["total_s"] for r in direct["runs"]])
+        direct["peak_rss_gb"] = spread([r["peak_rss_gb"] for r in direct["runs"]])
+        direct["stages"] = {
+            name: {
+                "seconds": spread([r["stages"][name]["seconds"] for r in direct["runs"]]),
+                "peak_rss_gb": spread([r["stages"][name]["peak_rss_gb"] for r in direct["runs"]]),
+            }
+            for name in direct["runs"][0]["stages"]
+        }
+        direct["outcomes"] = [r["outcome"] for r in direct["runs"]]
+    if "dag" in result:
+        result["dag"]["run_s"] = spread([r["run_s"] for r in result["dag"]["runs"]])
+    for join in result["join"].values():
+        if "runs" in join:
+            join["seconds"] = spread([r["join"]["seconds"] for r in join["runs"]])
+    result["goals"] = []
 
 
 def summarize(result: dict[str, Any]) -> None:
@@ -636,6 +681,18 @@ def main() -> None:
     parser.add_argument(
         "--check", action="store_true", help="check the sizes and free memory, run nothing"
     )
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="measure only this part (repeatable); writes retrain-<size>.partial.json",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help=f"runs of each part (default {REPEATS}; other values write a partial result)",
+    )
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -657,16 +714,23 @@ def main() -> None:
     root = Path(os.environ.get("DRIFTLINE_HOME", REPO / ".local")).resolve() / "bench"
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
+    parts = tuple(p for p in PARTS if p in (args.only or PARTS))
+    partial = parts != PARTS or args.repeats != REPEATS
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: at least 1")
     missed = []
     for size in sizes:
-        path = out_dir / f"retrain-{size}.json"
+        path = out_dir / f"retrain-{size}{'.partial' if partial else ''}.json"
 
         def save(result: dict[str, Any], path: Path = path) -> None:
             path.write_text(json.dumps(result, indent=2) + "\n")
 
-        result = measure(size, root, save)
+        result = measure(size, root, save, parts=parts, repeats=args.repeats)
         save(result)
-        print(report(result), flush=True)
+        if partial:
+            print(json.dumps({k: result[k] for k in ("direct", "dag", "join") if k in result}))
+        else:
+            print(report(result), flush=True)
         print(f"\nwritten: {path.relative_to(REPO)}", flush=True)
         missed += [f"{size}: {g['goal']} ({g['value']})" for g in result["goals"] if not g["met"]]
     if missed:

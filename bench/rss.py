@@ -21,17 +21,20 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        total = 0
         try:
             processes = [self.process, *self.process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0
+        seen: dict[int, tuple[int, list[str], int]] = {}  # pid -> (parent pid, command, RSS)
         for process in processes:
             try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
+                # the command before the RSS: a child caught before its exec must not be
+                # judged by the program it runs a moment later
+                command = process.cmdline()
+                seen[process.pid] = (process.ppid(), command, process.memory_info().rss)
+            except psutil.Error:
                 continue
-        return total
+        return sum(rss for pid, (_, _, rss) in seen.items() if not _shares_parent(pid, seen))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -48,6 +51,22 @@ class PeakRSS:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _shares_parent(pid: int, seen: dict[int, tuple[int, list[str], int]]) -> bool:
+    """Is ``pid`` a child still running its parent's program in its parent's memory?
+
+    subprocess starts a program with vfork: until the exec, the child *is* the parent's
+    address space, and /proc reports the parent's RSS for it. A sample in that instant (a
+    retrain runs ``git`` and ``uname`` for MLflow's run tags) counted a 1.8 GB process twice.
+    A forked worker is still counted whole, its copy-on-write pages included: an
+    overestimate, as before."""
+    parent, command, rss = seen[pid]
+    if parent not in seen or not rss:
+        return False
+    _, parent_command, parent_rss = seen[parent]
+    # the same address space: the same RSS, up to the moment between the two readings
+    return command == parent_command and abs(rss - parent_rss) <= 0.05 * parent_rss
 
 
 @contextmanager

@@ -44,9 +44,10 @@ from driftline.training import (
     TRAINED_UNTIL,
     metrics,
     predict,
+    read_training_set,
     time_split,
 )
-from driftline.training_set import TRAINING_FILE, Window, read_fingerprint
+from driftline.training_set import Window, read_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -270,24 +271,26 @@ def evaluate(
     policy = spec.promotion
     fingerprint = read_fingerprint(run_dir)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
-    frame = pd.read_parquet(run_dir / TRAINING_FILE)
-    split = time_split(frame, spec, window)
-    holdout = split.holdout
     target_fpr = spec.training.target_fpr
     notes: list[str] = []
 
     challenger = registry.load_booster(model, challenger_version, settings)
+    champion_version = registry.alias_version(model, registry.CHAMPION, settings)
+    champion, champion_tags = None, {}
+    if champion_version is not None:
+        champion, champion_tags = load_champion(model, champion_version, settings)
+
+    frame = read_training_set(run_dir, spec, [b for b in (challenger, champion) if b is not None])
+    split = time_split(frame, spec, window)
+    holdout = split.holdout
+
     challenger_until = trained_until(
         registry.version_info(model, challenger_version, settings).tags
     ) or utc(split.holdout_start)
     until: dict[str, str | None] = {"challenger": challenger_until.isoformat(), "champion": None}
-
-    champion_version = registry.alias_version(model, registry.CHAMPION, settings)
-    champion = None
     start = challenger_until
-    if champion_version is not None:
-        champion, tags = load_champion(model, champion_version, settings)
-        champion_until = trained_until(tags)
+    if champion is not None:
+        champion_until = trained_until(champion_tags)
         if champion_until is None:
             champion_until = utc(window.end)
             notes.append(

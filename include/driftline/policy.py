@@ -148,6 +148,59 @@ def _weighted(
     raise ValueError(f"unknown metric {metric!r}")
 
 
+def _binary(labels: np.ndarray) -> bool:
+    return bool(len(labels)) and bool(np.isin(labels, (0.0, 1.0)).all()) and labels.max() == 1.0
+
+
+class _PrCurve:
+    """PR-AUC of one model's scores under bootstrap resamples, from the resampled rows
+    themselves: the same values as :func:`_weighted` with the resamples' count weights, bit
+    for bit, at a fraction of its cost.
+
+    ``_weighted`` reorders a dense resamples x rows weight matrix by score and takes two
+    cumulative sums over it. Yet PR-AUC changes only at the tie groups that hold a positive
+    (a few hundred of a holdout's hundred thousand rows): everything in between only adds
+    false positives. So each row is mapped once to the positive group that closes its
+    stretch of the ranking, and a resample is a bincount of its picks by that stretch and
+    label. The counts are the same integers ``_weighted`` accumulates in float64 (exact
+    below 2**53), and its terms are laid into a row of all tie groups, zero elsewhere, in the
+    memory order ``_weighted``'s arrays have (Fortran, from its column indexing), before the
+    same ``sum``: the summation order is unchanged, so the result is identical
+    (tests/unit/test_policy.py compares them).
+    """
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        scores = np.clip(scores, _EPS, 1 - _EPS)
+        order = np.argsort(-scores, kind="stable")
+        ordered, y = scores[order], labels[order]
+        ends = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]
+        group = np.searchsorted(ends, np.arange(len(ordered)))  # tie group of each position
+        self.groups = len(ends)
+        # the tie groups holding a positive; a stretch ends with one of them (or is the tail)
+        self.closing = np.unique(group[y == 1])
+        stretch = np.searchsorted(self.closing, group)
+        self.bins = 2 * (len(self.closing) + 1)  # (stretch, label) pairs
+        self.code = np.empty(len(ordered), dtype=np.int64)
+        self.code[order] = stretch * 2 + y.astype(np.int64)
+
+    def resampled(self, picks: np.ndarray) -> np.ndarray:
+        """PR-AUC under each row of ``picks`` (row indices drawn with replacement)."""
+        size = len(picks)
+        # one resample at a time: its codes stay in the CPU cache (3x faster than one
+        # bincount over the whole chunk with offsets)
+        counts = np.stack([np.bincount(self.code.take(row), minlength=self.bins) for row in picks])
+        counts = counts.reshape(size, -1, 2)[:, :-1].astype(float)  # the tail holds no positive
+        tp = np.cumsum(counts[:, :, 1], axis=1)
+        fp = np.cumsum(counts[:, :, 0], axis=1)
+        positives = tp[:, -1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = tp / np.maximum(tp + fp, _EPS)
+            recall_step = np.diff(tp, axis=1, prepend=0.0) / positives
+        terms = np.zeros((size, self.groups), order="F")
+        terms[:, self.closing] = recall_step * precision
+        return terms.sum(axis=1)
+
+
 def paired_interval(
     metric: str,
     labels: np.ndarray,
@@ -176,10 +229,16 @@ def paired_interval(
         - _weighted(metric, labels, champion_scores, ones, target_fpr)[0]
     )
     rng = np.random.default_rng(seed)
+    curves = None
+    if metric == "pr_auc" and _binary(labels):
+        curves = (_PrCurve(labels, challenger_scores), _PrCurve(labels, champion_scores))
     gains = []
     for start in range(0, resamples, _CHUNK):
         size = min(_CHUNK, resamples - start)
         picks = rng.integers(0, rows, size=(size, rows))
+        if curves is not None:
+            gains.append(sign * (curves[0].resampled(picks) - curves[1].resampled(picks)))
+            continue
         offsets = (np.arange(size) * rows)[:, None]
         weights = np.bincount((picks + offsets).ravel(), minlength=size * rows)
         weights = weights.reshape(size, rows).astype(float)

@@ -55,8 +55,9 @@ def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
     holdout_start = window.end - timedelta(days=spec.training.holdout_days)
     validation_start = holdout_start - timedelta(days=spec.training.validation_days)
     ts = pd.to_datetime(frame[spec.timestamp_column], utc=True)
-    ordered = frame.assign(_ts=ts).sort_values("_ts", kind="stable")
-    ts = ordered.pop("_ts")
+    # one copy of the frame, in time order (stable; NaT last, as sort_values puts it)
+    order = np.argsort(ts.to_numpy(dtype="datetime64[ns]"), kind="stable")
+    ordered, ts = frame.iloc[order], ts.iloc[order]
     return Split(
         train=ordered[ts < validation_start],
         validation=ordered[(ts >= validation_start) & (ts < holdout_start)],
@@ -64,6 +65,22 @@ def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
         validation_start=validation_start,
         holdout_start=holdout_start,
     )
+
+
+def read_training_set(run_dir: Path, spec: ModelSpec, boosters: Sequence[Any] = ()) -> pd.DataFrame:
+    """The columns of the run's training set that training and scoring read: the time, the
+    spec's features, the label, and the input columns of ``boosters`` (a version trained
+    under an older spec reads its own). The rest (ids, label times) stays on disk: the
+    transaction ids alone cost a third of the frame's memory and most of its read time.
+    Validation reads every column."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / TRAINING_FILE
+    wanted = [spec.timestamp_column, *spec.feature_names, spec.label]
+    for booster in boosters:
+        wanted += booster.feature_names or []
+    present = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in dict.fromkeys(wanted) if c in present])
 
 
 # what a frame may be: a DataFrame, or (the scoring service) columns of plain lists
@@ -89,6 +106,13 @@ def _numbers(values: Any) -> np.ndarray:
 
 
 def _codes(values: Any, categories: tuple[str, ...]) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        try:  # a column: pandas' hash lookup, not a Python call per row (same codes)
+            codes = pd.Categorical(values, categories=list(categories)).codes
+        except TypeError:  # an unhashable value: row by row below, where it becomes missing
+            pass
+        else:
+            return np.where(codes >= 0, codes, np.nan)
     index = {category: float(code) for code, category in enumerate(categories)}
     items = values.to_numpy(dtype="object") if isinstance(values, pd.Series) else values
     return np.fromiter(
@@ -282,7 +306,7 @@ def train(
 
     fingerprint = read_fingerprint(run_dir)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
-    frame = pd.read_parquet(run_dir / TRAINING_FILE)
+    frame = read_training_set(run_dir, spec)
     split = time_split(frame, spec, window)
     if spec.training.engine == "dask":
         from driftline.training_dask import fit_dask
@@ -359,8 +383,10 @@ def train(
             booster,
             name="model",
             model_format="json",
+            # the signature only: an input example of raw rows (category strings) fails
+            # MLflow's serving-input check, which scores it through a DMatrix of object
+            # columns, and only logged a misleading warning per run
             signature=_signature(spec),
-            input_example=frame[spec.feature_names].head(5),
             pip_requirements=PIP_REQUIREMENTS,
         )
         mlflow_run_id = run.info.run_id

@@ -19,6 +19,7 @@ from driftline.datagen import generate
 from driftline.feature_store import apply_repo
 from driftline.lineage import RunContext, run_dir
 from driftline.settings import get_settings
+from driftline.specs import load_spec
 from driftline.training_set import read_fingerprint
 from tests.airflow_env import airflow_env, create_dag_run, migrated_database, run_airflow
 from tests.conftest import EARLY_START, SMALL, isolate_environment
@@ -100,6 +101,15 @@ def test_first_run_promotes_with_lineage(stack: Stack) -> None:
     assert len(tags["training_set_sha256"]) == 64 and len(tags["git_commit"]) >= 7
     assert tags["triggered_by"] == "manual" or tags["triggered_by"].startswith("user:")
     assert tags["reason"] == "first champion"
+    # logged with its signature (the spec's features) and no input example, whose serving
+    # check MLflow cannot pass for category strings (a warning on every run)
+    import mlflow
+
+    registry.configure()
+    logged = mlflow.models.get_model_info(f"models:/{MODEL}/{champion}")
+    assert logged.signature.inputs.input_names() == load_spec(MODEL).feature_names
+    assert logged.saved_input_example_info is None
+    assert "Failed to validate serving input example" not in output
     audit = monitoring.audit_log(MODEL)[0]
     assert (audit["action"], audit["challenger_version"], audit["run_id"]) == (
         "promoted",

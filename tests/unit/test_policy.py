@@ -369,3 +369,43 @@ def test_bootstrap_is_seeded_and_fast_at_the_demo_holdout_size() -> None:
     assert first == again
     # measured about 1 s on the 2-core machine; generous under a shared CPU
     assert elapsed < 15, elapsed
+
+
+@pytest.mark.parametrize(
+    ("seed", "rows", "rate", "decimals"),
+    [(0, 3000, 0.03, 3), (1, 40, 0.05, 2), (2, 20_000, 0.01, None), (3, 5000, 0.5, 2)],
+)
+def test_pr_auc_resampling_equals_the_dense_weights_bit_for_bit(
+    seed: int, rows: int, rate: float, decimals: int | None
+) -> None:
+    """The bootstrap's PR-AUC shortcut gives exactly what the weighted ranking metric gives
+    under the same resamples: ties, resamples without a positive (NaN) and all."""
+    from driftline.policy import _PrCurve, _weighted
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(rows) < rate).astype(float)
+    labels[0] = 1.0
+    scores = rng.random(rows) * 0.5 + labels * rng.random(rows) * 0.5
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    picks = rng.integers(0, rows, size=(64, rows))
+    offsets = (np.arange(64) * rows)[:, None]
+    weights = np.bincount((picks + offsets).ravel(), minlength=64 * rows)
+    dense = _weighted("pr_auc", labels, scores, weights.reshape(64, rows).astype(float), 0.01)
+    fast = _PrCurve(labels, scores).resampled(picks)
+    np.testing.assert_array_equal(fast, dense)  # NaN where NaN, otherwise identical
+    if rows < 100:
+        assert np.isnan(dense).any()  # the small case does draw resamples without a positive
+
+
+def test_pr_auc_interval_is_the_dense_weights_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftline import policy
+
+    labels, challenger, champion = _world(7, 20_000, 0.3)
+    challenger, champion = np.round(challenger, 4), np.round(champion, 4)
+    fast = paired_interval("pr_auc", labels, challenger, champion, level=0.9, resamples=200, seed=3)
+    monkeypatch.setattr(policy, "_binary", lambda labels: False)  # the general path
+    dense = paired_interval(
+        "pr_auc", labels, challenger, champion, level=0.9, resamples=200, seed=3
+    )
+    assert fast == dense

@@ -119,3 +119,28 @@ def test_evaluation_report_sample_ignores_row_order(
     second = evaluation.report_frame(SPEC, frame.sample(frac=1.0, random_state=99), columns)
     assert len(first) == small < len(frame)
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_the_training_set_is_read_with_what_models_score_on(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Training and evaluation read the time, the features and the label, plus any input
+    column an older version was trained on; ids stay on disk."""
+    from types import SimpleNamespace
+
+    from driftline.training import read_training_set
+    from driftline.training_set import TRAINING_FILE
+
+    stored = frame.assign(retired_feature=1.5)
+    stored.to_parquet(tmp_path / TRAINING_FILE, index=False)
+    read = read_training_set(tmp_path, SPEC)
+    assert list(read.columns) == [SPEC.timestamp_column, *SPEC.feature_names, SPEC.label]
+    assert "transaction_id" in frame.columns and "transaction_id" not in read.columns
+    pd.testing.assert_frame_equal(read, stored[list(read.columns)].reset_index(drop=True))
+
+    older = SimpleNamespace(feature_names=[*SPEC.feature_names[:3], "retired_feature"])
+    with_older = read_training_set(tmp_path, SPEC, [older])
+    assert with_older["retired_feature"].eq(1.5).all()
+    # a column no file holds is left to predict() to name, as before
+    gone = SimpleNamespace(feature_names=["never_stored"])
+    assert "never_stored" not in read_training_set(tmp_path, SPEC, [gone]).columns
