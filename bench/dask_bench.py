@@ -34,7 +34,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.retrain_bench import MODEL, SIZES, prepare  # noqa: E402
+from bench.retrain_bench import MODEL, SIZES, as_of_times, prepare  # noqa: E402
 from bench.rss import PeakRSS  # noqa: E402
 from driftline.specs import ModelSpec  # noqa: E402
 
@@ -89,7 +89,8 @@ def measure(size: str, repeats: int, scheduler: str | None) -> dict:
     root = Path(os.environ.get("DRIFTLINE_HOME", REPO / ".local")).resolve() / "bench"
     home = root / size
     os.environ["DRIFTLINE_HOME"] = str(home)  # prepare sets it only when it generates
-    as_of = prepare(size, home)
+    prepare(size, home)
+    as_of = as_of_times()[1]  # the measured retrains' as-of: the same training set
     directory = _training_set(home, as_of)
     spec = load_spec(MODEL, get_settings().models_dir)
     fingerprint = read_fingerprint(directory)
