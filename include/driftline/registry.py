@@ -130,6 +130,22 @@ def client(settings: Settings | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def ensure_store(settings: Settings | None = None) -> None:
+    """Create a local (SQLite) tracking and registry database's tables, in this process.
+
+    MLflow creates them on first use, in whichever process opens the new file first. The
+    stack starts the MLflow UI, the scoring service and Airflow's tasks together, and two
+    MLflow processes initializing one new file race: the loser fails with ``table datasets
+    already exists`` (the MLflow UI died of it on a fresh `make up`). A tracking server
+    (production) owns its database, so there is nothing to do for an HTTP URI."""
+    settings = settings or get_settings()
+    if not settings.mlflow_tracking_uri.startswith("sqlite"):
+        return
+    mlflow_client = client(settings)
+    mlflow_client.search_experiments(max_results=1)
+    mlflow_client.search_registered_models(max_results=1)
+
+
 def experiment_id(name: str, settings: Settings | None = None) -> str:
     """The experiment named after the model, created on first use.
 

@@ -807,8 +807,9 @@ def up(
     stack.check_ports()
     _preflight(stack, managed_mlflow=mlflow_port is not None)
 
-    say("[1/6] Airflow metadata database")
+    say("[1/6] Airflow metadata database, MLflow's tables")
     stack.migrate()
+    registry.ensure_store(settings)
     if not offline.list_days(settings.offline_dir):
         today = datetime.now(UTC).date() - timedelta(days=DAYS_BEFORE_TODAY - 1)
         say(f"[2/6] generating {days} days of baseline transactions")

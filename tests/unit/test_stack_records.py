@@ -148,3 +148,22 @@ def test_the_execution_api_signing_key_is_long_private_and_kept(
 
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "o" * 80)  # an operator's own wins
     assert stack.env()["AIRFLOW__API_AUTH__JWT_SECRET"] == "o" * 80
+
+
+def test_mlflows_tables_exist_before_any_component_opens_the_store(driftline_home: Path) -> None:
+    """`up` creates MLflow's tables in its own process before the MLflow UI, the scoring
+    service and the tasks start: two of them initializing one new SQLite file at once made
+    the loser fail with "table datasets already exists"."""
+    import sqlite3
+
+    from driftline import registry
+    from driftline.settings import get_settings
+
+    settings = get_settings()
+    path = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    assert not path.exists()
+    registry.ensure_store(settings)
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"experiments", "datasets", "registered_models", "model_versions"} <= tables
+    registry.ensure_store(settings)  # again: nothing to do, nothing fails
