@@ -543,20 +543,25 @@ def measure(
     return result
 
 
+def _summarize_direct(direct: dict[str, Any]) -> None:
+    """Median, min and max of the direct runs: whole, peak, and per stage; their outcomes."""
+    runs = direct["runs"]
+    direct["total_s"] = spread([r["total_s"] for r in runs])
+    direct["peak_rss_gb"] = spread([r["peak_rss_gb"] for r in runs])
+    direct["stages"] = {
+        name: {
+            "seconds": spread([r["stages"][name]["seconds"] for r in runs]),
+            "peak_rss_gb": spread([r["stages"][name]["peak_rss_gb"] for r in runs]),
+        }
+        for name in runs[0]["stages"]
+    }
+    direct["outcomes"] = [r["outcome"] for r in runs]
+
+
 def summarize_partial(result: dict[str, Any]) -> None:
     """The medians of what a partial run measured; no goals (they need every part)."""
     if "direct" in result:
-        direct = result["direct"]
-        direct["total_s"] = spread([r["total_s"] for r in direct["runs"]])
-        direct["peak_rss_gb"] = spread([r["peak_rss_gb"] for r in direct["runs"]])
-        direct["stages"] = {
-            name: {
-                "seconds": spread([r["stages"][name]["seconds"] for r in direct["runs"]]),
-                "peak_rss_gb": spread([r["stages"][name]["peak_rss_gb"] for r in direct["runs"]]),
-            }
-            for name in direct["runs"][0]["stages"]
-        }
-        direct["outcomes"] = [r["outcome"] for r in direct["runs"]]
+        _summarize_direct(result["direct"])
     if "dag" in result:
         result["dag"]["run_s"] = spread([r["run_s"] for r in result["dag"]["runs"]])
     for join in result["join"].values():
@@ -568,16 +573,7 @@ def summarize_partial(result: dict[str, Any]) -> None:
 def summarize(result: dict[str, Any]) -> None:
     """Median, min and max of every figure; the goals checked."""
     direct, dag = result["direct"], result["dag"]
-    direct["total_s"] = spread([r["total_s"] for r in direct["runs"]])
-    direct["peak_rss_gb"] = spread([r["peak_rss_gb"] for r in direct["runs"]])
-    direct["stages"] = {
-        name: {
-            "seconds": spread([r["stages"][name]["seconds"] for r in direct["runs"]]),
-            "peak_rss_gb": spread([r["stages"][name]["peak_rss_gb"] for r in direct["runs"]]),
-        }
-        for name in direct["runs"][0]["stages"]
-    }
-    direct["outcomes"] = [r["outcome"] for r in direct["runs"]]
+    _summarize_direct(direct)
     direct["champion_before"] = sorted({r["champion_before"] for r in direct["runs"]})
     dag["run_s"] = spread([r["run_s"] for r in dag["runs"]])
     dag["process_s"] = spread([r["process_s"] for r in dag["runs"]])
