@@ -38,8 +38,9 @@ from bench.retrain_bench import MODEL, SIZES, as_of_times, prepare  # noqa: E402
 from bench.rss import PeakRSS  # noqa: E402
 from driftline.specs import ModelSpec  # noqa: E402
 
-# the world, the training set and the fits: measured 1M rows at about 4 GB with 2 workers
-GB_PER_MILLION_ROWS = 4.0
+# the training set's scored columns and the fits, GB = base + per million labeled rows:
+# measured 1M rows at 3.0 GB with 2 workers (bench/results/dask-1m.json)
+NEEDS_GB = (1.5, 1.2)
 WARMUP_ROWS = 20_000
 
 
@@ -78,13 +79,11 @@ def _with(spec: ModelSpec, **training: object) -> ModelSpec:
 
 
 def measure(size: str, repeats: int, scheduler: str | None) -> dict:
-    import pandas as pd
-
     from driftline.settings import get_settings
     from driftline.specs import load_spec
-    from driftline.training import fit, metrics, predict, time_split
+    from driftline.training import fit, metrics, predict, read_training_set, time_split
     from driftline.training_dask import fit_dask
-    from driftline.training_set import TRAINING_FILE, Window, read_fingerprint
+    from driftline.training_set import Window, read_fingerprint
 
     root = Path(os.environ.get("DRIFTLINE_HOME", REPO / ".local")).resolve() / "bench"
     home = root / size
@@ -95,7 +94,7 @@ def measure(size: str, repeats: int, scheduler: str | None) -> dict:
     spec = load_spec(MODEL, get_settings().models_dir)
     fingerprint = read_fingerprint(directory)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
-    split = time_split(pd.read_parquet(directory / TRAINING_FILE), spec, window)
+    split = time_split(read_training_set(directory, spec), spec, window)
     warmup = type(split)(
         split.train.tail(WARMUP_ROWS),
         split.validation.tail(WARMUP_ROWS // 4),
@@ -181,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.size not in SIZES:
         raise SystemExit(f"--size {args.size!r} is unknown; allowed: {', '.join(SIZES)}")
-    needed = GB_PER_MILLION_ROWS * SIZES[args.size] / 1e6
+    needed = NEEDS_GB[0] + NEEDS_GB[1] * SIZES[args.size] / 1e6
     available = psutil.virtual_memory().available / 1e9
     if available < needed:
         raise SystemExit(

@@ -42,6 +42,7 @@ from driftline.training import (
     PREDICTION,
     REFERENCE_ARTIFACT,
     TRAINED_UNTIL,
+    holdout_start,
     metrics,
     predict,
     read_training_set,
@@ -203,13 +204,14 @@ def load_champion(model: str, version: str, settings: Settings) -> tuple[Any, di
 
 
 def fair_from(
-    spec: ModelSpec, frame: pd.DataFrame, window: Window, start: datetime
+    spec: ModelSpec, rows: int, positives: int, window: Window, start: datetime
 ) -> datetime | None:
     """The earliest as-of date at which enough labeled rows after ``start`` may exist, at this
-    window's daily row and positive rates (None: the window has no positives to go by)."""
+    window's daily row and positive rates (``rows`` and ``positives`` over the window; None:
+    the window has no positives to go by)."""
     days = max((window.end - window.start).days, 1)
-    per_day_rows = len(frame) / days
-    per_day_positives = float(frame[spec.label].sum()) / days
+    per_day_rows = rows / days
+    per_day_positives = positives / days
     if per_day_rows <= 0 or per_day_positives <= 0:
         return None
     policy = spec.promotion
@@ -280,13 +282,16 @@ def evaluate(
     if champion_version is not None:
         champion, champion_tags = load_champion(model, champion_version, settings)
 
-    frame = read_training_set(run_dir, spec, [b for b in (challenger, champion) if b is not None])
-    split = time_split(frame, spec, window)
-    holdout = split.holdout
-
     challenger_until = trained_until(
         registry.version_info(model, challenger_version, settings).tags
-    ) or utc(split.holdout_start)
+    ) or utc(holdout_start(spec, window))
+    # every row compared or reported is at or after the holdout's start or the challenger's
+    # training end, whichever is earlier: the rest of the window is not read
+    since = min(challenger_until, utc(holdout_start(spec, window)))
+    boosters = [b for b in (challenger, champion) if b is not None]
+    frame = read_training_set(run_dir, spec, boosters, since=since)
+    split = time_split(frame, spec, window)
+    holdout = split.holdout
     until: dict[str, str | None] = {"challenger": challenger_until.isoformat(), "champion": None}
     start = challenger_until
     if champion is not None:
@@ -341,7 +346,7 @@ def evaluate(
             holdout[spec.label].to_numpy(), predict(challenger, holdout, spec), target_fpr
         )
         if champion is not None:
-            found = fair_from(spec, frame, window, start)
+            found = fair_from(spec, fingerprint.rows, fingerprint.positives, window, start)
             fair_date = found.date().isoformat() if found else None
             notes.append(
                 f"challenger metrics are on its own holdout from "

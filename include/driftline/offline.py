@@ -184,16 +184,24 @@ def check_table(
 
 
 def read_table(
-    offline_dir: Path, table: str, days: Iterable[date], *, allow_new_columns: bool = False
+    offline_dir: Path,
+    table: str,
+    days: Iterable[date],
+    *,
+    allow_new_columns: bool = False,
+    filters: list[tuple[str, str, Any]] | None = None,
 ) -> pa.Table:
     """Read some days of a table after checking each partition's schema; columns beyond the
-    table's schema (when allowed) are not read."""
+    table's schema (when allowed) are not read. ``filters`` (pyarrow's) drop rows as each
+    partition is read, so the unfiltered table is never held."""
     paths = check_table(offline_dir, table, days, allow_new_columns=allow_new_columns)
     if not paths:
         return SCHEMAS[table].empty_table()
     try:
         return pa.concat_tables(
-            pq.read_table(path, columns=SCHEMAS[table].names, schema=SCHEMAS[table])
+            pq.read_table(
+                path, columns=SCHEMAS[table].names, schema=SCHEMAS[table], filters=filters
+            )
             for path in paths
         )
     except (OSError, pa.ArrowException) as exc:

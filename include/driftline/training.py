@@ -50,29 +50,50 @@ class Split:
     holdout_start: datetime
 
 
+def holdout_start(spec: ModelSpec, window: Window) -> datetime:
+    """Where a window's holdout days begin (the training rows end before them)."""
+    return window.end - timedelta(days=spec.training.holdout_days)
+
+
 def time_split(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> Split:
     """Train, validation and holdout by time: each part strictly after the one before."""
-    holdout_start = window.end - timedelta(days=spec.training.holdout_days)
-    validation_start = holdout_start - timedelta(days=spec.training.validation_days)
+    holdout = holdout_start(spec, window)
+    validation_start = holdout - timedelta(days=spec.training.validation_days)
     ts = pd.to_datetime(frame[spec.timestamp_column], utc=True)
+    if ts.is_monotonic_increasing:  # a built training set is stored in time order (no NaT)
+        first, middle, last = ts.searchsorted([validation_start, holdout, window.end])
+        return Split(
+            train=frame.iloc[:first],
+            validation=frame.iloc[first:middle],
+            holdout=frame.iloc[middle:last],
+            validation_start=validation_start,
+            holdout_start=holdout,
+        )
     # one copy of the frame, in time order (stable; NaT last, as sort_values puts it)
     order = np.argsort(ts.to_numpy(dtype="datetime64[ns]"), kind="stable")
     ordered, ts = frame.iloc[order], ts.iloc[order]
     return Split(
         train=ordered[ts < validation_start],
-        validation=ordered[(ts >= validation_start) & (ts < holdout_start)],
-        holdout=ordered[(ts >= holdout_start) & (ts < window.end)],
+        validation=ordered[(ts >= validation_start) & (ts < holdout)],
+        holdout=ordered[(ts >= holdout) & (ts < window.end)],
         validation_start=validation_start,
-        holdout_start=holdout_start,
+        holdout_start=holdout,
     )
 
 
-def read_training_set(run_dir: Path, spec: ModelSpec, boosters: Sequence[Any] = ()) -> pd.DataFrame:
+def read_training_set(
+    run_dir: Path,
+    spec: ModelSpec,
+    boosters: Sequence[Any] = (),
+    *,
+    since: datetime | None = None,
+) -> pd.DataFrame:
     """The columns of the run's training set that training and scoring read: the time, the
     spec's features, the label, and the input columns of ``boosters`` (a version trained
     under an older spec reads its own). The rest (ids, label times) stays on disk: the
     transaction ids alone cost a third of the frame's memory and most of its read time.
-    Validation reads every column."""
+    ``since``: only the rows at or after it (evaluation scores the newest days only).
+    Validation reads its own columns (retrain._checked_columns)."""
     import pyarrow.parquet as pq
 
     path = run_dir / TRAINING_FILE
@@ -80,7 +101,12 @@ def read_training_set(run_dir: Path, spec: ModelSpec, boosters: Sequence[Any] = 
     for booster in boosters:
         wanted += booster.feature_names or []
     present = set(pq.read_schema(path).names)
-    return pd.read_parquet(path, columns=[c for c in dict.fromkeys(wanted) if c in present])
+    columns = [c for c in dict.fromkeys(wanted) if c in present]
+    if since is None:
+        return pd.read_parquet(path, columns=columns)
+    return pd.read_parquet(
+        path, columns=columns, filters=[(spec.timestamp_column, ">=", pd.Timestamp(since))]
+    )
 
 
 # what a frame may be: a DataFrame, or (the scoring service) columns of plain lists
@@ -261,6 +287,28 @@ def _signature(spec: ModelSpec) -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
+def reference_sample(split: Split, spec: ModelSpec) -> pd.DataFrame:
+    """``reference_sample_rows`` rows of the train and validation days (the drift monitor's
+    reference): the rows ``pd.concat([train, validation]).sample(n, random_state=seed)``
+    picks, in its order, taken from each part without concatenating them first."""
+    columns = [spec.timestamp_column, *spec.feature_names, spec.label]
+    parts = (split.train, split.validation)
+    total = sum(len(part) for part in parts)
+    size = min(spec.training.reference_sample_rows, total)
+    # pandas' sample: RandomState(seed).choice(len, size, replace=False)
+    picks = np.random.RandomState(spec.training.seed).choice(total, size=size, replace=False)
+    in_train = picks < len(split.train)
+    taken = pd.concat(
+        [
+            split.train.iloc[picks[in_train]][columns],
+            split.validation.iloc[picks[~in_train] - len(split.train)][columns],
+        ]
+    )
+    # back to the order of the picks
+    order = np.concatenate([np.flatnonzero(in_train), np.flatnonzero(~in_train)])
+    return taken.iloc[np.argsort(order, kind="stable")].copy()
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: str
@@ -306,8 +354,7 @@ def train(
 
     fingerprint = read_fingerprint(run_dir)
     window = Window(**{k: datetime.fromisoformat(v) for k, v in fingerprint.window.items()})
-    frame = read_training_set(run_dir, spec)
-    split = time_split(frame, spec, window)
+    split = time_split(read_training_set(run_dir, spec), spec, window)
     if spec.training.engine == "dask":
         from driftline.training_dask import fit_dask
 
@@ -327,11 +374,7 @@ def train(
     )
     importance = booster.get_score(importance_type="gain")
 
-    reference = pd.concat([split.train, split.validation]).sample(
-        n=min(spec.training.reference_sample_rows, len(split.train) + len(split.validation)),
-        random_state=spec.training.seed,
-    )
-    reference = reference[[spec.timestamp_column, *spec.feature_names, spec.label]].copy()
+    reference = reference_sample(split, spec)
     reference[PREDICTION] = predict(booster, reference, spec)
 
     lineage = {

@@ -3,8 +3,6 @@ comparison becomes possible."""
 
 from __future__ import annotations
 
-import pandas as pd
-
 from driftline.evaluation import fair_from, trained_until
 from driftline.settings import REPO_ROOT
 from driftline.specs import load_spec
@@ -25,8 +23,7 @@ def test_trained_until_prefers_the_tag_and_falls_back_to_the_window_end() -> Non
 def test_fair_comparison_date_follows_the_daily_rates() -> None:
     window = Window(start=utc(2026, 1, 1), end=utc(2026, 1, 29), as_of=utc(2026, 2, 5))
     # 28 days, 300 rows and 3 positives a day: 1000 rows need 4 days, 20 positives 7 days
-    frame = pd.DataFrame({SPEC.label: ([1] * 3 + [0] * 297) * 28})
-    found = fair_from(SPEC, frame, window, start=utc(2026, 1, 29))
+    found = fair_from(SPEC, 300 * 28, 3 * 28, window, start=utc(2026, 1, 29))
     # labels of 2026-01-29 .. 02-04 exist after 02-04 and mature 7 days later
     assert found == utc(2026, 2, 12)
-    assert fair_from(SPEC, frame.assign(**{SPEC.label: 0}), window, utc(2026, 1, 29)) is None
+    assert fair_from(SPEC, 300 * 28, 0, window, utc(2026, 1, 29)) is None

@@ -11,7 +11,14 @@ import pytest
 from driftline.errors import DriftlineError
 from driftline.settings import REPO_ROOT
 from driftline.specs import load_spec
-from driftline.training import fit, metrics, model_inputs, predict, time_split
+from driftline.training import (
+    fit,
+    metrics,
+    model_inputs,
+    predict,
+    reference_sample,
+    time_split,
+)
 from tests.frames import joined, window_of
 
 SPEC = load_spec("fraud_detection", REPO_ROOT / "include" / "models")
@@ -36,6 +43,36 @@ def test_time_splits_never_overlap_and_respect_order(frame: pd.DataFrame) -> Non
         SPEC.training.validation_days,
     )
     assert split.holdout["event_timestamp"].max() < pd.Timestamp(window.end)
+
+
+def test_a_time_ordered_frame_splits_as_a_shuffled_one(frame: pd.DataFrame) -> None:
+    """A built training set is stored in time order and splits by position, without the
+    sorted copy; the parts must be the rows, order and index a shuffled frame gives."""
+    window = window_of(SPEC, frame)
+    ordered = frame.sort_values("event_timestamp", kind="stable")
+    assert ordered["event_timestamp"].is_unique  # no ties: one right order
+    fast, slow = time_split(ordered, SPEC, window), time_split(frame, SPEC, window)
+    for part in ("train", "validation", "holdout"):
+        pd.testing.assert_frame_equal(getattr(fast, part), getattr(slow, part), obj=part)
+    assert (fast.validation_start, fast.holdout_start) == (
+        slow.validation_start,
+        slow.holdout_start,
+    )
+
+
+def test_reference_sample_is_the_concatenated_parts_sample(frame: pd.DataFrame) -> None:
+    """The drift reference: the rows ``pd.concat([train, validation]).sample(n, seed)``
+    picked before (the stored references of earlier versions stay comparable), taken
+    without the concatenated copy of every training row."""
+    split = time_split(frame, SPEC, window_of(SPEC, frame))
+    columns = [SPEC.timestamp_column, *SPEC.feature_names, SPEC.label]
+    n = min(SPEC.training.reference_sample_rows, len(split.train) + len(split.validation))
+    expected = pd.concat([split.train, split.validation]).sample(
+        n=n, random_state=SPEC.training.seed
+    )[columns]
+    sample = reference_sample(split, SPEC)
+    assert len(sample) == n and (split.validation.index.isin(sample.index)).any()
+    pd.testing.assert_frame_equal(sample, expected)
 
 
 def test_model_inputs_follow_the_spec(frame: pd.DataFrame) -> None:
