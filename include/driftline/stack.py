@@ -713,7 +713,13 @@ class Stack:
             return json.loads(response.read())["access_token"]
 
     def api(
-        self, method: str, path: str, body: Any = None, token: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60,
     ) -> tuple[int, Any]:
         """A JSON request to the REST API; returns (status, decoded body)."""
         headers = {"Content-Type": "application/json"}
@@ -724,7 +730,7 @@ class Stack:
             f"{self.url}{path}", data=data, headers=headers, method=method
         )
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
                 return response.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as error:
@@ -857,19 +863,8 @@ def up(
         )
         if registry.alias_version(model, registry.CHAMPION, settings) is None:
             say(f"[5/6] first retrain of {model}, so a champion exists (a few minutes)")
-            for _ in range(3):  # a busy metadata DB answers 500; nothing was created then
-                status, run = stack.api(
-                    "POST",
-                    f"/api/v2/dags/{model}_retrain/dagRuns",
-                    {"logical_date": None, "conf": {"reason": "make up: first champion"}},
-                    token=token,
-                )
-                if status < 500:
-                    break
-                time.sleep(5)
-            if status != 200:
-                raise DriftlineError(f"could not trigger the first retrain: {status} {run}")
-            state = _wait_for_run(stack, token, f"{model}_retrain", run["dag_run_id"], timeout)
+            run_id = _trigger_first_retrain(stack, token, f"{model}_retrain", timeout)
+            state = _wait_for_run(stack, token, f"{model}_retrain", run_id, timeout)
             champion = registry.alias_version(model, registry.CHAMPION, settings)
             if state != "success" or champion is None:
                 raise DriftlineError(
@@ -942,7 +937,10 @@ def _environment(values: dict[str, str]) -> Any:
 def _wait_for_dags(stack: Stack, token: str, dag_ids: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = stack.api("GET", "/api/v2/dags?limit=200", token=token)
+        try:
+            status, body = stack.api("GET", "/api/v2/dags?limit=200", token=token)
+        except OSError:  # a locked metadata DB outlasted the request: ask again
+            status, body = 0, None
         if status == 200 and set(dag_ids) <= {d["dag_id"] for d in body["dags"]}:
             return
         time.sleep(3)
@@ -951,10 +949,53 @@ def _wait_for_dags(stack: Stack, token: str, dag_ids: list[str], timeout: float)
     )
 
 
+FIRST_CHAMPION = "make up: first champion"
+
+
+def _trigger_first_retrain(stack: Stack, token: str, dag_id: str, timeout: float) -> str:
+    """Start the first retrain; its run id.
+
+    The embedded stack's SQLite metadata DB can stay locked for a minute while the first
+    scheduled tasks start: a request then waits out SQLite's 60 s busy timeout and answers 500,
+    having created nothing. Until ``timeout``, a 5xx or an unanswered request is retried, and
+    before each retry a run an earlier attempt did create (its answer lost) is looked for, so
+    there is never a second first retrain."""
+    deadline = time.monotonic() + timeout
+    status, answer = 0, None
+    while time.monotonic() < deadline:
+        try:
+            status, answer = stack.api(
+                "POST",
+                f"/api/v2/dags/{dag_id}/dagRuns",
+                {"logical_date": None, "conf": {"reason": FIRST_CHAMPION}},
+                token=token,
+                timeout=90,  # past the server's 60 s busy timeout: its 500, not our give-up
+            )
+        except OSError as exc:
+            status, answer = 0, f"no answer: {exc}"
+        if status == 200:
+            return answer["dag_run_id"]
+        if 0 < status < 500:
+            break
+        time.sleep(5)
+        try:
+            listed, runs = stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", token=token)
+        except OSError:
+            continue
+        if listed == 200:
+            for run in runs["dag_runs"]:
+                if (run.get("conf") or {}).get("reason") == FIRST_CHAMPION:
+                    return run["dag_run_id"]
+    raise DriftlineError(f"could not trigger the first retrain of {dag_id}: {status} {answer}")
+
+
 def _wait_for_run(stack: Stack, token: str, dag_id: str, run_id: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+        try:
+            status, body = stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+        except OSError:  # a locked metadata DB outlasted the request: ask again
+            status, body = 0, None
         if status == 200 and body["state"] in ("success", "failed"):
             return body["state"]
         time.sleep(3)

@@ -167,3 +167,67 @@ def test_mlflows_tables_exist_before_any_component_opens_the_store(driftline_hom
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert {"experiments", "datasets", "registered_models", "model_versions"} <= tables
     registry.ensure_store(settings)  # again: nothing to do, nothing fails
+
+
+class _LockedAirflow:
+    """An HTTP server standing in for an api-server whose SQLite metadata DB is locked: each
+    POST of a run answers 500 until ``busy`` POSTs have been made; ``created_anyway`` makes
+    the first failed POST still create the run (its answer lost), as a lock released at the
+    last moment would."""
+
+    def __init__(self, busy: int, created_anyway: bool) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        self.posts, self.runs = 0, []
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: object) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_POST(self) -> None:
+                conf = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["conf"]
+                server_self.posts += 1
+                run = {"dag_run_id": f"manual__{server_self.posts}", "conf": conf}
+                if server_self.posts <= busy:
+                    if created_anyway and server_self.posts == 1:
+                        server_self.runs.append(run)
+                    self._answer(500, {"detail": "database is locked"})
+                    return
+                server_self.runs.append(run)
+                self._answer(200, run)
+
+            def do_GET(self) -> None:
+                self._answer(200, {"dag_runs": server_self.runs})
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("created_anyway", [False, True])
+def test_the_first_retrain_outlasts_a_locked_metadata_db(
+    driftline_home: Path, monkeypatch: pytest.MonkeyPatch, created_anyway: bool
+) -> None:
+    """A fresh stack's first scheduled tasks can hold the SQLite metadata DB for a minute;
+    the first retrain's trigger must wait it out, and never start a second first retrain."""
+    from driftline import stack as stack_module
+
+    monkeypatch.setattr(stack_module.time, "sleep", lambda _: None)
+    airflow = _LockedAirflow(busy=4, created_anyway=created_anyway)
+    try:
+        stack = Stack(port=airflow.server.server_address[1])
+        run_id = stack_module._trigger_first_retrain(stack, "token", "m_retrain", timeout=30)
+        assert [run["dag_run_id"] for run in airflow.runs] == [run_id]
+        # the lost answer's run is found before a second POST; otherwise the lock is waited out
+        assert airflow.posts == (1 if created_anyway else 5)  # the old code gave up at 3
+    finally:
+        airflow.server.shutdown()
